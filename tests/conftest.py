@@ -1,0 +1,106 @@
+"""Shared fixtures: a migrated database on each backend, settings, a desk."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from tests.servers import POSTGRES_URL, missing
+from ticketing.clock import FixedClock
+from ticketing.db import make_engine, migrate
+from ticketing.settings import Settings, settings_from_mapping
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _postgres_admin() -> Engine:
+    engine = create_engine(
+        "postgresql+psycopg://" + POSTGRES_URL.removeprefix("postgresql://"),
+        isolation_level="AUTOCOMMIT",
+    )
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("select 1"))
+    except Exception as exc:  # noqa: BLE001
+        missing(f"PostgreSQL does not answer at {POSTGRES_URL}: {exc}")
+    return engine
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A database migrated once per run; each test gets a copy of it."""
+    admin = _postgres_admin()
+    name = f"mailgate_tpl_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    engine = make_engine(f"{base}/{name}")
+    migrate(engine)
+    engine.dispose()
+    yield name
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'mailgate.sqlite3'}"
+        engine = make_engine(url)
+        migrate(engine)
+        engine.dispose()
+        yield url
+        return
+    template = request.getfixturevalue("postgres_template")
+    admin = _postgres_admin()
+    name = f"mailgate_t_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    yield f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    # A Tuesday, 10:00 in Los Angeles: inside business hours.
+    return FixedClock(datetime(2026, 3, 3, 18, 0, tzinfo=UTC))
+
+
+def make_settings(tmp_path: Path, database_url: str, **sections: dict[str, object]) -> Settings:
+    """Settings as an operator's TOML would give them, with the data folder in tmp_path."""
+    data: dict[str, object] = {
+        "support": {
+            "address": "support@example.com",
+            "name": "Example Support",
+            "status_page": "https://status.example.com",
+            "secret": "test-secret-not-for-production",
+        },
+        "database": {"url": database_url},
+        "storage": {"path": str(tmp_path / "data")},
+    }
+    for key, value in sections.items():
+        merged = dict(data.get(key, {}))  # type: ignore[call-overload]
+        merged.update(value)
+        data[key] = merged
+    return settings_from_mapping(data)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path, database_url)

@@ -1,0 +1,43 @@
+"""Mail addresses as we compare them: case-insensitive, display names aside."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+$")
+
+
+@dataclass(frozen=True)
+class Address:
+    address: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        return self.address
+
+
+def normalize(address: str) -> str:
+    """Lower-cased bare address, or '' when it is not one we could ever mail."""
+    address = address.strip().strip("<>").strip().lower()
+    if len(address) > 320 or not _ADDRESS.match(address):
+        return ""
+    return address
+
+
+def base_address(address: str) -> str:
+    """The address without its +detail: support+tok@d -> support@d."""
+    local, _, domain = address.rpartition("@")
+    return f"{local.partition('+')[0]}@{domain}"
+
+
+# Addresses no person reads: never mail them on the system's own account.
+_MACHINE_LOCAL_PARTS = re.compile(
+    r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|mailer[-_.]?daemon|postmaster|bounces?"
+    r"|bounce[-+].*|.*[-_.]no[-_.]?reply|listserv|majordomo|.*-(request|owner|bounces))$"
+)
+
+
+def is_machine_address(address: str) -> bool:
+    local = address.rpartition("@")[0].partition("+")[0]
+    return bool(_MACHINE_LOCAL_PARTS.match(local))

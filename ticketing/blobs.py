@@ -1,0 +1,49 @@
+"""Content-addressed files in the data folder: raw mail and attachments."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+class BlobStore:
+    """Files named by their SHA-256, written durably before the row that names them commits.
+
+    A file left behind by a rolled-back transaction is harmless: the same bytes would
+    be written to the same name again.
+    """
+
+    def __init__(self, root: Path, *, durable: bool = True) -> None:
+        self.root = root
+        self.durable = durable
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def put(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        self.put_as(digest, data)
+        return digest
+
+    def put_as(self, digest: str, data: bytes) -> None:
+        target = self.path(digest)
+        if target.exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{digest}.{os.getpid()}.tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            if self.durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        if self.durable:
+            directory = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+    def get(self, sha256: str) -> bytes:
+        return self.path(sha256).read_bytes()

@@ -1,0 +1,191 @@
+"""The tables: accounts, tickets and their messages, and the rows workers deliver."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+# Times are aware datetimes in UTC; SQLModel stores them so on both backends.
+
+
+class Account(SQLModel, table=True):
+    """A Help Desk account: one per requester address."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    address: str = Field(max_length=320, unique=True)
+    name: str = Field(default="", max_length=200)
+    registered: bool = False  # added by an operator, not on first mail
+    bouncing_since: datetime | None = None
+    bounce_detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime
+
+
+class Agent(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    address: str = Field(max_length=320, unique=True)
+    name: str = Field(default="", max_length=200)
+    created_at: datetime
+
+
+class Ticket(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    subject: str = Field(sa_column=Column(Text, nullable=False))
+    severity: int = 3
+    status: str = Field(default="open", max_length=16)
+    requester: str = Field(max_length=320)
+    requester_name: str = Field(default="", max_length=200)
+    assignee: str | None = Field(default=None, max_length=320)
+    linked_ticket_id: int | None = None
+    created_at: datetime
+    updated_at: datetime
+    status_changed_at: datetime
+
+
+class Participant(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("ticket_id", "address"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    address: str = Field(max_length=320)
+    name: str = Field(default="", max_length=200)
+    role: str = Field(max_length=16)  # requester | cc | follower | agent
+    active: bool = True
+    created_at: datetime
+
+
+class Message(SQLModel, table=True):
+    """A mail in or out: the ticket's history, and every mail we were handed."""
+
+    __table_args__ = (Index("ix_message_ticket_created", "ticket_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int | None = Field(default=None, foreign_key="ticket.id")
+    # Message-ID, or the raw bytes' hash when there is none: one row per mail.
+    dedupe_key: str = Field(max_length=1000, unique=True)
+    message_id: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    direction: str = Field(default="in", max_length=3)
+    kind: str = Field(max_length=24)
+    route: str = Field(default="", max_length=200)
+    envelope_sender: str = Field(default="", max_length=320)
+    envelope_recipients: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    from_address: str = Field(default="", max_length=320)
+    from_name: str = Field(default="", max_length=200)
+    recipients: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    full_text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    html: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    raw_sha256: str = Field(default="", max_length=64)
+    raw_size: int = 0
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime
+
+
+class ThreadRef(SQLModel, table=True):
+    """Every Message-ID a ticket has seen or sent, for In-Reply-To/References lookups."""
+
+    message_id: str = Field(primary_key=True, max_length=1000)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+
+
+class Attachment(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    message_pk: int = Field(foreign_key="message.id", index=True)
+    filename: str = Field(max_length=255)
+    content_type: str = Field(max_length=255)
+    size: int
+    sha256: str = Field(max_length=64)
+    inline: bool = False
+    content_id: str = Field(default="", max_length=1000)
+
+
+class Outbox(SQLModel, table=True):
+    """A mail to send, written in the transaction that caused it; a worker delivers it."""
+
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int | None = Field(default=None, foreign_key="ticket.id")
+    kind: str = Field(max_length=32)
+    message_id: str = Field(max_length=1000)
+    mail_from: str = Field(max_length=320)
+    recipients: str = Field(sa_column=Column(Text, nullable=False))
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    status: str = Field(default="pending", max_length=16)  # pending | sent | failed
+    attempts: int = 0
+    next_attempt_at: datetime
+    claimed_by: str = Field(default="", max_length=100)
+    claimed_until: datetime | None = None
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime
+    sent_at: datetime | None = None
+
+
+class AutoReplyLog(SQLModel, table=True):
+    """One row per mail sent on the system's own account, for RFC 3834 rate limits."""
+
+    __table_args__ = (Index("ix_autoreply_recipient_at", "recipient", "sent_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    recipient: str = Field(max_length=320)
+    ticket_id: int | None = None
+    kind: str = Field(max_length=32)
+    sent_at: datetime
+
+
+class Page(SQLModel, table=True):
+    """A page to the on-call hooks, written with the ticket change; a worker delivers it."""
+
+    __table_args__ = (
+        UniqueConstraint("dedup_key", "hook", "action"),
+        Index("ix_page_due", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    hook: str = Field(max_length=32)
+    action: str = Field(default="trigger", max_length=16)
+    dedup_key: str = Field(max_length=200)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="pending", max_length=16)  # pending | delivered | gave_up
+    attempts: int = 0
+    next_attempt_at: datetime
+    give_up_at: datetime
+    claimed_by: str = Field(default="", max_length=100)
+    claimed_until: datetime | None = None
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime
+    delivered_at: datetime | None = None
+
+
+class PageAttempt(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    page_id: int = Field(foreign_key="page.id", index=True)
+    at: datetime
+    ok: bool
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+
+
+class MailboxState(SQLModel, table=True):
+    """Where an IMAP fetcher stands in one mailbox."""
+
+    key: str = Field(primary_key=True, max_length=500)
+    uidvalidity: int = 0
+    last_uid: int = 0
+    updated_at: datetime
+
+
+class Quarantine(SQLModel, table=True):
+    """A mail whose ingest failed for a reason other than storage: kept whole for replay."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    raw_sha256: str = Field(max_length=64)
+    raw_size: int = 0
+    route: str = Field(default="", max_length=200)
+    envelope: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    error: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime
+    replayed_at: datetime | None = None
+    outcome: str = Field(default="", max_length=200)

@@ -1,0 +1,406 @@
+"""Settings: frozen values read once from one TOML file and the environment."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SupportSettings:
+    address: str = "support@localhost"
+    name: str = "Support"
+    status_page: str = "http://localhost/status"
+    secret: str = ""
+    # Further addresses we answer for (aliases). The main address is always served.
+    aliases: tuple[str, ...] = ()
+    sender_policy: str = "open"
+    allowed_domains: tuple[str, ...] = ()
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2].lower()
+
+    @property
+    def local_part(self) -> str:
+        return self.address.rpartition("@")[0].lower()
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = "127.0.0.1"
+    port: int = 2525
+    max_message_size: int = 33_554_432
+    max_recipients: int = 100
+    timeout: int = 60
+    max_connections_per_client: int = 20
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    relay: str = ""
+    starttls: bool = False
+    tls: bool = False
+    username: str = ""
+    password: str = ""
+    directory: str = ""
+    max_attachment_size: int = 10_000_000
+    max_attempts: int = 20
+    give_up_after: int = 2 * 86_400
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    addresses: tuple[str, ...] = ()
+    team_address: str = ""
+    trust: str = "none"
+    trusted_authserv_id: str = ""
+
+
+@dataclass(frozen=True)
+class TicketSettings:
+    reopen_days: int = 14
+
+
+@dataclass(frozen=True)
+class HoursSettings:
+    timezone: str = "America/Los_Angeles"
+    days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
+    start: str = "06:00"
+    end: str = "18:00"
+
+
+@dataclass(frozen=True)
+class WebhookHook:
+    url: str
+    secret: str = ""
+
+
+@dataclass(frozen=True)
+class PagerDutyHook:
+    routing_key: str
+    url: str = "https://events.pagerduty.com/v2/enqueue"
+
+
+@dataclass(frozen=True)
+class CommandHook:
+    argv: tuple[str, ...]
+    timeout: int = 30
+
+
+@dataclass(frozen=True)
+class OncallSettings:
+    page_on: tuple[str, ...] = ("S0",)
+    s1_outside_hours: bool = False
+    give_up_after: int = 3600
+    webhook: WebhookHook | None = None
+    pagerduty: PagerDutyHook | None = None
+    command: CommandHook | None = None
+
+
+@dataclass(frozen=True)
+class ImapMailbox:
+    host: str
+    user: str
+    port: int = 993
+    security: str = "tls"
+    password: str = ""
+    password_env: str = ""
+    oauth2_token_command: tuple[str, ...] = ()
+    oauth2_token_file: str = ""
+    folder: str = "INBOX"
+    move_to: str = ""
+    poll_interval: float = 30.0
+    batch_size: int = 50
+
+    @property
+    def key(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}/{self.folder}"
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    # Sliding windows for mail the system sends on its own (RFC 3834 section 2).
+    per_recipient_per_hour: int = 10
+    per_ticket_recipient_per_hour: int = 3
+    overall_per_hour: int = 0  # 0: no ceiling
+
+
+@dataclass(frozen=True)
+class Settings:
+    support: SupportSettings = field(default_factory=SupportSettings)
+    database_url: str = ""
+    storage_path: Path = field(default_factory=lambda: PROJECT_ROOT / "data")
+    templates_path: Path = field(default_factory=lambda: PROJECT_ROOT / "templates")
+    templates_override: Path | None = None
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    agents: AgentSettings = field(default_factory=AgentSettings)
+    tickets: TicketSettings = field(default_factory=TicketSettings)
+    hours: HoursSettings = field(default_factory=HoursSettings)
+    oncall: OncallSettings = field(default_factory=OncallSettings)
+    imap: tuple[ImapMailbox, ...] = ()
+    limits: LimitSettings = field(default_factory=LimitSettings)
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.storage_path / 'mailgate.sqlite3'}"
+
+    @property
+    def outbound_directory(self) -> Path:
+        if self.outbound.directory:
+            return Path(self.outbound.directory)
+        return self.storage_path / "outbound"
+
+    def clone(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+_SECTIONS: dict[str, type] = {
+    "support": SupportSettings,
+    "smtp": SmtpSettings,
+    "outbound": OutboundSettings,
+    "agents": AgentSettings,
+    "tickets": TicketSettings,
+    "hours": HoursSettings,
+    "limits": LimitSettings,
+}
+
+# Environment variables that override secrets and the usual deployment knobs.
+ENVIRONMENT = {
+    "MAILGATE_SECRET": ("support", "secret"),
+    "MAILGATE_DATABASE_URL": ("database", "url"),
+    "MAILGATE_STORAGE_PATH": ("storage", "path"),
+    "MAILGATE_RELAY_PASSWORD": ("outbound", "password"),
+    "MAILGATE_WEBHOOK_SECRET": ("oncall.webhook", "secret"),
+    "MAILGATE_PAGERDUTY_ROUTING_KEY": ("oncall.pagerduty", "routing_key"),
+}
+
+
+def _coerce(key: str, expected: Any, value: Any) -> Any:
+    """Turn a TOML value into the field's type, or raise naming the key."""
+    if isinstance(expected, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if isinstance(expected, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return value
+    if isinstance(expected, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(expected, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if isinstance(expected, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported value {value!r}")
+
+
+def _build(cls: type, prefix: str, table: Any, required: tuple[str, ...] = ()) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{prefix}: expected a table")
+    known = {f.name: f for f in fields(cls)}
+    for name in table:
+        if name not in known:
+            raise ConfigError(f"{prefix}.{name}: unknown key")
+    for name in required:
+        if name not in table:
+            raise ConfigError(f"{prefix}.{name}: required")
+    defaults = cls(**{r: _placeholder(known[r].type) for r in required})
+    values = {
+        name: _coerce(f"{prefix}.{name}", getattr(defaults, name), value)
+        for name, value in table.items()
+    }
+    return replace(defaults, **values)
+
+
+def _placeholder(annotation: Any) -> Any:
+    return () if "tuple" in str(annotation) else ""
+
+
+def _check_address(key: str, value: str) -> None:
+    local, _, domain = value.rpartition("@")
+    if not local or not domain or any(c.isspace() for c in value):
+        raise ConfigError(f"{key}: not a mail address: {value!r}")
+
+
+def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for variable, (section, key) in ENVIRONMENT.items():
+        if env.get(variable):
+            table = data
+            for part in section.split("."):
+                table = table.setdefault(part, {})
+            table[key] = env[variable]
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (or nothing) and the environment into Settings."""
+    env = os.environ if env is None else env
+    path = path or env.get("MAILGATE_CONFIG") or None
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    _apply_environment(data, env)
+    return settings_from_mapping(data, base=Path(path).parent if path else None)
+
+
+def settings_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> Settings:
+    known_top = {*_SECTIONS, "database", "storage", "templates", "oncall", "imap"}
+    for name in data:
+        if name not in known_top:
+            raise ConfigError(f"{name}: unknown section")
+    values: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        if section in data:
+            values[section] = _build(cls, section, data[section])
+    support: SupportSettings = values.get("support", SupportSettings())
+    _check_address("support.address", support.address)
+    for i, alias in enumerate(support.aliases):
+        _check_address(f"support.aliases[{i}]", alias)
+    if support.sender_policy not in ("open", "registered"):
+        raise ConfigError("support.sender_policy: must be \"open\" or \"registered\"")
+    agents: AgentSettings = values.get("agents", AgentSettings())
+    for i, address in enumerate(agents.addresses):
+        _check_address(f"agents.addresses[{i}]", address)
+    if agents.trust not in ("none", "authentication-results"):
+        raise ConfigError("agents.trust: must be \"none\" or \"authentication-results\"")
+    if agents.trust == "authentication-results" and not agents.trusted_authserv_id:
+        raise ConfigError("agents.trusted_authserv_id: required when agents.trust is set")
+    hours: HoursSettings = values.get("hours", HoursSettings())
+    _check_hours(hours)
+    outbound: OutboundSettings = values.get("outbound", OutboundSettings())
+    if outbound.relay:
+        host, _, port = outbound.relay.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"outbound.relay: expected host:port, got {outbound.relay!r}")
+
+    database = data.get("database", {})
+    if database:
+        database = _plain_table("database", database, {"url"})
+        values["database_url"] = database.get("url", "")
+    storage = _plain_table("storage", data.get("storage", {}), {"path"})
+    if "path" in storage:
+        values["storage_path"] = _resolve(storage["path"], base)
+    templates = _plain_table("templates", data.get("templates", {}), {"path", "override"})
+    if "path" in templates:
+        values["templates_path"] = _resolve(templates["path"], base)
+    if "override" in templates:
+        values["templates_override"] = _resolve(templates["override"], base)
+    if "oncall" in data:
+        values["oncall"] = _oncall(data["oncall"])
+    if "imap" in data:
+        values["imap"] = _imap(data["imap"])
+    return Settings(**values)
+
+
+def _plain_table(prefix: str, table: Any, keys: set[str]) -> dict[str, str]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{prefix}: expected a table")
+    for name, value in table.items():
+        if name not in keys:
+            raise ConfigError(f"{prefix}.{name}: unknown key")
+        if not isinstance(value, str):
+            raise ConfigError(f"{prefix}.{name}: expected a string, got {value!r}")
+    return dict(table)
+
+
+def _resolve(value: str, base: Path | None) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or base is None else (base / path).resolve()
+
+
+def _check_hours(hours: HoursSettings) -> None:
+    try:
+        ZoneInfo(hours.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"hours.timezone: unknown time zone {hours.timezone!r}") from exc
+    for name in ("start", "end"):
+        value = getattr(hours, name)
+        hh, _, mm = value.partition(":")
+        if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+            raise ConfigError(f"hours.{name}: expected HH:MM, got {value!r}")
+    for day in hours.days:
+        if day not in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"):
+            raise ConfigError(f"hours.days: unknown day {day!r}")
+
+
+def _oncall(table: Any) -> OncallSettings:
+    if not isinstance(table, dict):
+        raise ConfigError("oncall: expected a table")
+    flat = {k: v for k, v in table.items() if k not in ("webhook", "pagerduty", "command")}
+    oncall: OncallSettings = _build(OncallSettings, "oncall", flat)
+    for level in oncall.page_on:
+        if level not in ("S0", "S1", "S2", "S3"):
+            raise ConfigError(f"oncall.page_on: unknown severity {level!r}")
+    hooks: dict[str, Any] = {}
+    if "webhook" in table:
+        hooks["webhook"] = _build(WebhookHook, "oncall.webhook", table["webhook"], ("url",))
+    if "pagerduty" in table:
+        hooks["pagerduty"] = _build(
+            PagerDutyHook, "oncall.pagerduty", table["pagerduty"], ("routing_key",)
+        )
+    if "command" in table:
+        hooks["command"] = _build(CommandHook, "oncall.command", table["command"], ("argv",))
+        if not hooks["command"].argv:
+            raise ConfigError("oncall.command.argv: must name a program")
+    return replace(oncall, **hooks)
+
+
+def _imap(value: Any) -> tuple[ImapMailbox, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("imap: expected [[imap]] blocks")
+    boxes = []
+    for i, table in enumerate(value):
+        box: ImapMailbox = _build(ImapMailbox, f"imap[{i}]", table, ("host", "user"))
+        if box.security not in ("tls", "starttls", "none"):
+            raise ConfigError(f"imap[{i}].security: must be tls, starttls or none")
+        if "port" not in table and box.security != "tls":
+            box = replace(box, port=143)
+        boxes.append(box)
+    return tuple(boxes)
+
+
+def ensure_secret(settings: Settings) -> Settings:
+    """Settings with a server secret: configured, or made once and kept in the data folder."""
+    if settings.support.secret:
+        return settings
+    path = settings.storage_path / "secret"
+    settings.storage_path.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    secret = path.read_text().strip()
+    return settings.clone(support=replace(settings.support, secret=secret))
