@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from tests.servers import POSTGRES_URL, missing
-from ticketing.clock import FixedClock
+from ticketing.clock import Clock, FixedClock
 from ticketing.db import make_engine, migrate
+from ticketing.desk import Desk
 from ticketing.settings import Settings, settings_from_mapping
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -26,7 +27,7 @@ def _postgres_admin() -> Engine:
     try:
         with engine.connect() as connection:
             connection.execute(text("select 1"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         missing(f"PostgreSQL does not answer at {POSTGRES_URL}: {exc}")
     return engine
 
@@ -104,3 +105,18 @@ def make_settings(tmp_path: Path, database_url: str, **sections: dict[str, objec
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return make_settings(tmp_path, database_url)
+
+
+@pytest.fixture
+def desks(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Desk]]:
+    """Make desks on this test's database with settings sections as in TOML; closed after."""
+    made: list[Desk] = []
+
+    def make(clock: Clock | None = None, **sections: dict[str, object]) -> Desk:
+        desk = Desk.create(make_settings(tmp_path, database_url, **sections), clock=clock)
+        made.append(desk)
+        return desk
+
+    yield make
+    for desk in made:
+        desk.engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from html.parser import HTMLParser
 
@@ -77,7 +78,7 @@ def html_to_text(html: str) -> str:
     try:
         collector.feed(html)
         collector.close()
-    except Exception:  # noqa: BLE001  (malformed markup: keep what was read)
+    except Exception:
         pass
     text = "".join(collector.parts)
     lines = [line.rstrip() for line in text.replace("\xa0", " ").splitlines()]

@@ -151,7 +151,7 @@ class _Walk:
 
     def part(self, part: Message, depth: int = 0, in_alternative: bool = False) -> None:
         ctype = part.get_content_type()
-        if part.is_multipart() and ctype == "message/rfc822" or ctype == "message/rfc822":
+        if (part.is_multipart() and ctype == "message/rfc822") or ctype == "message/rfc822":
             self._enclosed(part)
             return
         if part.is_multipart():
@@ -252,7 +252,7 @@ def parse_mail(raw: bytes) -> ParsedMail:
         message = parsed.message
         mp_text = "\n".join(parsed.text_plain or [])
         mp_subject = _one_line(text_of(parsed.subject or ""))
-    except Exception as exc:  # noqa: BLE001  (any parser failure falls back to the stdlib)
+    except Exception as exc:
         log.info("mail-parser failed (%s: %s); using the stdlib reading", type(exc).__name__, exc)
     if not isinstance(message, Message):
         message = email.message_from_bytes(raw, policy=email.policy.compat32)

@@ -61,6 +61,8 @@ class OutboundSettings:
     max_attachment_size: int = 10_000_000
     max_attempts: int = 20
     give_up_after: int = 2 * 86_400
+    retry_base: float = 30.0  # first retry after this many seconds, doubling each time
+    lease: int = 300  # a claimed mail whose worker died is taken again after this
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ def unpack_tnef(data: bytes) -> tuple[str, str, list[tuple[str, bytes]]] | None:
         from tnefparse import TNEF
 
         tnef = TNEF(data)
-    except Exception as exc:  # noqa: BLE001  (a broken blob stays attached as it came)
+    except Exception as exc:
         log.info("winmail.dat not readable as TNEF: %s", exc)
         return None
     files = []

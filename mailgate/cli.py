@@ -1,0 +1,326 @@
+"""The `mailgate` command: builds settings and collaborators, wires the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import select
+
+from mailgate import pipe
+from ticketing.db import make_engine, migrate, schema_state, transaction
+from ticketing.desk import Desk
+from ticketing.models import Account, Agent
+from ticketing.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("mailgate")
+
+
+def _print(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False) if as_json else text(data))
+
+
+def _ticket_lines(tickets: list[dict[str, Any]]) -> str:
+    if not tickets:
+        return "no tickets"
+    return "\n".join(
+        f"#{t['number']:<6} {t['severity']} {t['status']:<8} {t['requester']:<32} {t['subject']}"
+        for t in tickets
+    )
+
+
+def _ticket_text(t: dict[str, Any]) -> str:
+    lines = [
+        f"Ticket #{t['number']}: {t['subject']}",
+        f"  severity {t['severity']}, status {t['status']}, assignee {t['assignee'] or '-'}",
+        f"  requester {t['requester']}; participants: {', '.join(t['participants'])}",
+        f"  opened {t['created_at']}",
+    ]
+    for m in t["messages"]:
+        lines.append("")
+        lines.append(f"--- {m['created_at']} {m['kind']} from {m['from']}")
+        lines.append(m["text"] or "(no text)")
+        for a in m["attachments"]:
+            lines.append(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+    if t["sent"]:
+        lines.append("")
+        for o in t["sent"]:
+            lines.append(f"sent {o['kind']} to {', '.join(o['recipients'])}: {o['status']}")
+    return "\n".join(lines)
+
+
+def _rows(records: list[dict[str, Any]], keys: Sequence[str]) -> str:
+    if not records:
+        return "nothing"
+    return "\n".join("  ".join(str(r.get(k, "")) for k in keys) for r in records)
+
+
+def _desk(settings: Settings, check_schema: bool = True) -> Desk:
+    desk = Desk.create(settings)
+    if check_schema:
+        state = schema_state(desk.engine)
+        if state != "current":
+            raise ConfigError(
+                f"the database schema is {state} (database.url = {settings.database}); "
+                "run `mailgate init` to create or upgrade it"
+            )
+    return desk
+
+
+def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
+    engine = make_engine(settings.database)
+    before = schema_state(engine)
+    migrate(engine)
+    settings.storage_path.mkdir(parents=True, exist_ok=True)
+    print(f"mailgate: database {'created' if before == 'empty' else 'up to date'}: "
+          f"{settings.database}")
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from mailgate.serve import serve
+
+    if settings.agents.addresses and settings.agents.trust == "none":
+        log.warning("agents.trust is \"none\": mail claiming to be from an agent address is "
+                    "believed without authentication (see README: agent authentication)")
+    desk = _desk(settings)
+    asyncio.run(serve(desk))
+    return 0
+
+
+def cmd_deliver(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        desk = _desk(settings)
+    except ConfigError as exc:
+        print(f"mailgate deliver: {exc}", file=sys.stderr)
+        return pipe.EX_CONFIG
+    except Exception as exc:
+        print(f"mailgate deliver: storage unavailable: {exc}", file=sys.stderr)
+        return pipe.EX_TEMPFAIL
+    return pipe.deliver(desk, sys.stdin.buffer, args.recipient or "", args.sender or "")
+
+
+def cmd_fetch(settings: Settings, args: argparse.Namespace) -> int:
+    from mailgate.imap import ImapFetcher
+
+    if not settings.imap:
+        print("mailgate fetch: no [[imap]] mailbox configured", file=sys.stderr)
+        return pipe.EX_CONFIG
+    desk = _desk(settings)
+    fetchers = [ImapFetcher(box, desk.engine, desk.ingest, desk.clock) for box in settings.imap]
+    if args.once:
+        total = sum(f.fetch_once() for f in fetchers)
+        print(f"mailgate fetch: {total} message(s) ingested")
+        return 0
+
+    async def run() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await asyncio.gather(*(f.run(stop) for f in fetchers))
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
+    from ticketing.reports import list_tickets, show_ticket
+
+    desk = _desk(settings)
+    with transaction(desk.engine) as session:
+        if args.action == "list":
+            _print(list_tickets(session, args.status), args.json, _ticket_lines)
+            return 0
+        ticket = show_ticket(session, args.number)
+    if ticket is None:
+        print(f"mailgate: no ticket #{args.number}", file=sys.stderr)
+        return 1
+    _print(ticket, args.json, _ticket_text)
+    return 0
+
+
+def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
+    from mailgate.outbound import retry_now
+    from ticketing.reports import list_outbox
+
+    desk = _desk(settings)
+    if args.action == "retry":
+        count = retry_now(desk, None if args.all else args.id)
+        print(f"mailgate: {count} mail(s) due now")
+        return 0
+    with transaction(desk.engine) as session:
+        records = list_outbox(session, args.status)
+    _print(records, args.json, lambda r: _rows(r, ("id", "ticket", "kind", "status", "attempts",
+                                                   "recipients", "last_error")))
+    return 0
+
+
+def cmd_pages(settings: Settings, args: argparse.Namespace) -> int:
+    from mailgate.paging import list_pages, retry_page
+
+    desk = _desk(settings)
+    if args.action == "retry":
+        count = retry_page(desk.engine, args.id, desk.clock.now())
+        print(f"mailgate: {count} page(s) due now")
+        return 0
+    with transaction(desk.engine) as session:
+        records = list_pages(session)
+    _print(records, args.json, lambda r: _rows(r, ("id", "ticket", "hook", "action", "status",
+                                                   "attempts", "last_error")))
+    return 0
+
+
+def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
+    from ticketing.ingest import release, replay
+    from ticketing.reports import list_inbound
+
+    desk = _desk(settings)
+    if args.action == "list":
+        with transaction(desk.engine) as session:
+            records = list_inbound(session, args.all)
+        _print(records, args.json, lambda r: _rows(r, ("id", "status", "kind", "route", "from",
+                                                       "subject", "detail", "error")))
+        return 0
+    ident = args.id.lstrip("qm")
+    if not ident.isdigit():
+        print(f"mailgate: not an inbound id: {args.id}", file=sys.stderr)
+        return 2
+    outcome = replay(desk, int(ident)) if args.action == "replay" else release(desk, int(ident))
+    print(f"mailgate: {outcome.status}{f' #{outcome.ticket}' if outcome.ticket else ''} "
+          f"{outcome.detail}")
+    return 0 if outcome.status not in ("quarantined", "rejected") else 1
+
+
+def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
+    desk = _desk(settings)
+    now = datetime.now(UTC)
+    table: type[Agent] | type[Account] = Agent if args.command == "agents" else Account
+    with transaction(desk.engine) as session:
+        if args.action == "add":
+            address = args.address.strip().lower()
+            row = session.exec(select(table).where(table.address == address)).first()
+            if row is None:
+                row = table(address=address, name=args.name or "", created_at=now)
+            if isinstance(row, Account):
+                row.registered = True
+            if args.name:
+                row.name = args.name
+            session.add(row)
+            print(f"mailgate: {args.command[:-1]} {address} added")
+            return 0
+        if args.action == "clear-bounce":
+            from ticketing.ratelimit import clear_bouncing
+
+            cleared = clear_bouncing(session, args.address.strip().lower())
+            print(f"mailgate: {args.address} {'cleared' if cleared else 'was not bouncing'}")
+            return 0
+        rows = session.exec(select(table).order_by(table.address)).all()
+        records = [r.model_dump(mode="json") for r in rows]
+    _print(records, args.json, lambda r: _rows(r, ("address", "name")))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="mailgate", description=__doc__)
+    root.add_argument("--config", help="TOML file (default: $MAILGATE_CONFIG, else built-in)")
+    root.add_argument("-v", "--verbose", action="store_true")
+    sub = root.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="create or upgrade the database").set_defaults(run=cmd_init)
+    sub.add_parser("serve", help="SMTP, IMAP, outbound and paging").set_defaults(run=cmd_serve)
+    deliver = sub.add_parser("deliver", help="one mail on stdin (MTA pipe)")
+    deliver.add_argument("--recipient", help="envelope recipient")
+    deliver.add_argument("--sender", help="envelope sender")
+    deliver.set_defaults(run=cmd_deliver)
+    fetch = sub.add_parser("fetch", help="IMAP only")
+    fetch.add_argument("--once", action="store_true", help="fetch what is there and exit")
+    fetch.set_defaults(run=cmd_fetch)
+
+    tickets = sub.add_parser("tickets", help="list and show tickets").add_subparsers(
+        dest="action", required=True)
+    listing = tickets.add_parser("list")
+    listing.add_argument("--status")
+    show = tickets.add_parser("show")
+    show.add_argument("number", type=int)
+    for p in (listing, show):
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(run=cmd_tickets)
+
+    outbox = sub.add_parser("outbox", help="inspect and retry outgoing mail").add_subparsers(
+        dest="action", required=True)
+    listing = outbox.add_parser("list")
+    listing.add_argument("--status")
+    listing.add_argument("--json", action="store_true")
+    retry = outbox.add_parser("retry")
+    retry.add_argument("id", type=int, nargs="?")
+    retry.add_argument("--all", action="store_true")
+    for p in (listing, retry):
+        p.set_defaults(run=cmd_outbox)
+
+    pages = sub.add_parser("pages", help="inspect and retry on-call pages").add_subparsers(
+        dest="action", required=True)
+    listing = pages.add_parser("list")
+    listing.add_argument("--json", action="store_true")
+    retry = pages.add_parser("retry")
+    retry.add_argument("id", type=int)
+    for p in (listing, retry):
+        p.set_defaults(run=cmd_pages)
+
+    inbound = sub.add_parser("inbound", help="quarantined, held and classified mail")
+    actions = inbound.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--all", action="store_true", help="every stored mail, not only those "
+                         "that made no ticket")
+    listing.set_defaults(run=cmd_inbound)
+    for name, help_text in (("replay", "run a quarantined mail (q<N>) through ingest again"),
+                            ("release", "open a ticket from held mail (m<N>)")):
+        action = actions.add_parser(name, help=help_text)
+        action.add_argument("id")
+        action.set_defaults(run=cmd_inbound)
+
+    for name in ("agents", "accounts"):
+        people = sub.add_parser(name, help=f"list and add {name}").add_subparsers(
+            dest="action", required=True)
+        add = people.add_parser("add")
+        add.add_argument("address")
+        add.add_argument("--name")
+        listing = people.add_parser("list")
+        listing.add_argument("--json", action="store_true")
+        choices = [add, listing]
+        if name == "accounts":
+            clear = people.add_parser("clear-bounce", help="mail this address again")
+            clear.add_argument("address")
+            choices.append(clear)
+        for p in choices:
+            p.set_defaults(run=cmd_people)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_settings(args.config)
+        return int(args.run(settings, args))
+    except ConfigError as exc:
+        print(f"mailgate: configuration: {exc}", file=sys.stderr)
+        return pipe.EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""`mailgate serve`: the SMTP listener, IMAP fetchers, outbound and paging workers in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+from mailgate.outbound import deliver_due, transport_for
+from ticketing.desk import Desk
+
+log = logging.getLogger(__name__)
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) -> None:
+    """Send due mail as soon as a commit queues it, and check every second for retries."""
+    transport = transport_for(desk)
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        wake.clear()
+        try:
+            sent = await loop.run_in_executor(None, deliver_due, desk, transport, WORKER, 50)
+        except Exception:
+            log.exception("outbound worker: delivery pass failed; trying again shortly")
+            sent = 0
+        if sent:
+            continue
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=1.0)
+        except TimeoutError:
+            pass
+
+
+async def serve(
+    desk: Desk, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT; then stop taking mail, finish what is in hand, return."""
+    from mailgate.imap import ImapFetcher
+    from mailgate.paging import run_paging
+    from mailgate.smtp import smtp_factory
+
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    wake_outbound = asyncio.Event()
+    wake_pages = asyncio.Event()
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(wake_outbound.set)
+        loop.call_soon_threadsafe(wake_pages.set)
+
+    desk.on_commit.append(wake)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    # SQLite takes one writer at a time; a few threads keep the listener answering while
+    # one waits on the disk.
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest")
+    settings = desk.settings
+    server = await loop.create_server(
+        smtp_factory(desk, executor), host=settings.smtp.host, port=settings.smtp.port
+    )
+    address = server.sockets[0].getsockname() if server.sockets else (settings.smtp.host, 0)
+    log.info("SMTP listening on %s:%s for %s", address[0], address[1], settings.support.address)
+    tasks = [
+        asyncio.create_task(outbound_worker(desk, stop, wake_outbound), name="outbound"),
+        asyncio.create_task(
+            run_paging(desk.engine, settings, desk.clock, stop, wake_pages), name="paging"
+        ),
+    ]
+    for box in settings.imap:
+        fetcher = ImapFetcher(box, desk.engine, desk.ingest, desk.clock)
+        tasks.append(asyncio.create_task(fetcher.run(stop), name=f"imap {box.key}"))
+    if ready is not None:
+        ready.set()
+    print(f"mailgate: listening on {address[0]}:{address[1]}; stop with Ctrl-C", flush=True)
+    await stop.wait()
+    log.info("stopping: no new connections; finishing mail in hand")
+    server.close()
+    await server.wait_closed()
+    executor.shutdown(wait=True)
+    for task in tasks:
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()
+    log.info("stopped")

@@ -1,0 +1,125 @@
+"""The SMTP listener: RCPT check, DATA -> ingest -> 250 after the commit, 451 on a fault."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from ticketing.conversation import is_ours
+from ticketing.db import StorageError
+from ticketing.desk import Desk
+from ticketing.inbound import Inbound
+
+log = logging.getLogger(__name__)
+
+
+class SupportHandler:
+    """aiosmtpd handler: only our support addresses, and 250 only once the mail is stored."""
+
+    def __init__(self, desk: Desk, executor: Executor) -> None:
+        self.desk = desk
+        self.executor = executor
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        settings = self.desk.settings
+        if not is_ours(address, settings):
+            # We are no open relay: only the support addresses (and their +tokens) take mail.
+            return f"550 5.1.1 <{address}>: no such mailbox here"
+        if len(envelope.rcpt_tos) >= settings.smtp.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        raw = envelope.original_content or envelope.content or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        inbound = Inbound(
+            raw=raw,
+            route="smtp",
+            envelope_sender=envelope.mail_from or "",
+            envelope_recipients=tuple(envelope.rcpt_tos),
+            authenticated=bool(getattr(session, "authenticated", False)),
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            outcome = await loop.run_in_executor(self.executor, self.desk.ingest, inbound)
+        except StorageError as exc:
+            log.error("storage fault, answered 451: %s", exc)
+            return "451 4.3.0 Temporary storage failure; please try again later"
+        except Exception:
+            log.exception("ingest failed, answered 451")
+            return "451 4.3.0 Temporary failure; please try again later"
+        ticket = f" ticket #{outcome.ticket}" if outcome.ticket else ""
+        return f"250 2.0.0 OK {outcome.status}{ticket}"
+
+
+class GuardedSMTP(SMTP):
+    """aiosmtpd's SMTP with a cap on concurrent connections per client address."""
+
+    def __init__(self, *args: Any, per_client: Counter[str], limit: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._per_client = per_client
+        self._limit = limit
+        self._peer_host = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._peer_host = str(peer[0]) if peer else ""
+        self._per_client[self._peer_host] += 1
+        if self._limit and self._per_client[self._peer_host] > self._limit:
+            log.warning("refusing %s: more than %d connections", self._peer_host, self._limit)
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(b"421 4.7.0 Too many connections from your address\r\n")
+            transport.close()
+            self._per_client[self._peer_host] -= 1
+            self._peer_host = ""
+            return
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._peer_host:
+            self._per_client[self._peer_host] -= 1
+            if self._per_client[self._peer_host] <= 0:
+                del self._per_client[self._peer_host]
+            self._peer_host = ""
+        super().connection_lost(error)
+
+
+def smtp_factory(desk: Desk, executor: Executor) -> Callable[[], SMTP]:
+    settings = desk.settings.smtp
+    handler = SupportHandler(desk, executor)
+    per_client: Counter[str] = Counter()
+    tls_context = None
+    if settings.tls_cert and settings.tls_key:
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(settings.tls_cert, settings.tls_key)
+
+    def factory() -> SMTP:
+        return GuardedSMTP(
+            handler,
+            per_client=per_client,
+            limit=settings.max_connections_per_client,
+            data_size_limit=settings.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=desk.settings.support.domain,
+            ident="mailgate",
+            timeout=float(settings.timeout),
+            tls_context=tls_context,
+            require_starttls=False,
+        )
+
+    return factory

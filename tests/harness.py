@@ -1,0 +1,168 @@
+"""Real servers for end-to-end tests: a relay that keeps what it receives, and mailgate serving."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import smtplib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from tests.servers import free_port
+from ticketing.desk import Desk
+
+
+@dataclass(frozen=True)
+class Received:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    raw: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = email.message_from_bytes(self.raw, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+    def text(self) -> str:
+        body = self.message.get_body(("plain",))
+        return body.get_content() if body is not None else ""  # type: ignore[no-any-return]
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.changed = threading.Condition()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.changed:
+            self.received.append(
+                Received(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content)
+            )
+            self.changed.notify_all()
+        return "250 OK"
+
+
+class Relay:
+    """An aiosmtpd server on loopback standing in for the company's relay: it keeps every mail."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._sink = _Sink()
+        self._controller = Controller(self._sink, hostname="127.0.0.1", port=self.port,
+                                      decode_data=False)
+
+    def __enter__(self) -> Relay:
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def received(self) -> list[Received]:
+        with self._sink.changed:
+            return list(self._sink.received)
+
+    def wait_for(self, count: int, timeout: float = 10.0,
+                 where: Callable[[Received], bool] = lambda r: True) -> list[Received]:
+        """The received mails that match, once there are at least `count` of them."""
+        deadline = time.monotonic() + timeout
+        with self._sink.changed:
+            while True:
+                found = [r for r in self._sink.received if where(r)]
+                remaining = deadline - time.monotonic()
+                if len(found) >= count or remaining <= 0:
+                    return found
+                self._sink.changed.wait(remaining)
+
+    def settle(self, quiet: float = 0.6) -> list[Received]:
+        """Everything received once no mail has arrived for `quiet` seconds."""
+        last = -1
+        while True:
+            with self._sink.changed:
+                count = len(self._sink.received)
+            if count == last:
+                return self.received
+            last = count
+            time.sleep(quiet)
+
+
+@contextmanager
+def serving(desk: Desk) -> Iterator[int]:
+    """`mailgate serve` in a thread with its own event loop; yields the SMTP port."""
+    from mailgate.serve import serve
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop_holder: dict[str, asyncio.Event] = {}
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        started = asyncio.Event()
+        stop_holder["stop"] = stop
+        task = asyncio.create_task(serve(desk, ready=started, stop=stop))
+        await started.wait()
+        ready.set()
+        await task
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(main())
+        except BaseException as exc:
+            errors.append(exc)
+            ready.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="mailgate-serve", daemon=True)
+    thread.start()
+    if not ready.wait(20) or errors:
+        raise RuntimeError(f"mailgate serve did not start: {errors}")
+    try:
+        yield desk.settings.smtp.port
+    finally:
+        loop.call_soon_threadsafe(stop_holder["stop"].set)
+        thread.join(30)
+        if errors:
+            raise errors[0]
+
+
+def send(port: int, message: EmailMessage | bytes, sender: str = "",
+         recipients: list[str] | None = None) -> dict[str, tuple[int, bytes]]:
+    """Hand a mail to mailgate as the customer's mail server does: the envelope names only
+    our address (the other To/Cc people get their copies from that server directly)."""
+    recipients = recipients or ["support@example.com"]
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        if isinstance(message, bytes):
+            return client.sendmail(sender, recipients, message)
+        return client.send_message(message, from_addr=sender or None, to_addrs=recipients)
+
+
+def request(subject: str, body: str, sender: str = "Carol Customer <carol@customer.test>",
+            to: str = "support@example.com", cc: str = "", **headers: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    if cc:
+        message["Cc"] = cc
+    message["Subject"] = subject
+    message["Message-ID"] = email.utils.make_msgid(domain="customer.test")
+    message["Date"] = email.utils.formatdate()
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content(body)
+    return message

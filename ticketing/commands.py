@@ -1,0 +1,76 @@
+"""Agent commands on their own lines at the top of a mail: #note, #status, #severity, #assign."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ticketing.severity import Severity
+
+STATUSES = ("open", "pending", "solved", "closed")
+_COMMAND = re.compile(r"^#(note|status|severity|assign|unfollow)\b[ \t]*(.*?)\s*$", re.IGNORECASE)
+_UNFOLLOW = re.compile(r"^[ \t]*#unfollow[ \t]*$", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Commands:
+    """What the top lines of an agent's mail ask for; errors name each bad line."""
+
+    note: bool = False
+    status: str | None = None
+    severity: Severity | None = None
+    assign: str | None = None  # "me" or an address
+    errors: tuple[str, ...] = ()
+    lines: tuple[str, ...] = field(default=(), repr=False)
+
+
+def split_commands(text: str) -> tuple[Commands, str]:
+    """The commands at the top of the text, and the text without them."""
+    lines = text.splitlines()
+    index = 0
+    note = False
+    status = severity = assign = None
+    errors: list[str] = []
+    found: list[str] = []
+    while index < len(lines):
+        line = lines[index].strip()
+        if not line:
+            index += 1
+            continue
+        match = _COMMAND.match(line)
+        if not match:
+            break
+        found.append(line)
+        name, argument = match.group(1).lower(), match.group(2).strip()
+        index += 1
+        if name == "note":
+            note = True
+        elif name == "unfollow":
+            continue  # handled for everyone by wants_unfollow()
+        elif name == "status":
+            if argument.lower() in STATUSES:
+                status = argument.lower()
+            else:
+                errors.append(f"{line}: the status must be one of {', '.join(STATUSES)}")
+        elif name == "severity":
+            try:
+                severity = Severity.parse(argument)
+            except ValueError as exc:
+                errors.append(f"{line}: {exc}")
+        elif name == "assign":
+            if argument.lower() == "me" or re.fullmatch(r"[^@\s]+@[^@\s]+", argument):
+                assign = argument.lower()
+            else:
+                errors.append(f"{line}: give 'me' or an agent's address")
+    rest = "\n".join(lines[index:]).strip("\n")
+    commands = Commands(note, status, severity, assign, tuple(errors), tuple(found))
+    return commands, rest
+
+
+def wants_unfollow(text: str) -> bool:
+    """#unfollow alone on a line, from anyone."""
+    return bool(_UNFOLLOW.search(text))
+
+
+def without_unfollow(text: str) -> str:
+    return _UNFOLLOW.sub("", text).strip()

@@ -1,0 +1,123 @@
+"""Which ticket a mail belongs to: its thread headers, a signed reply address, the subject tag."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+
+from sqlmodel import Session, col, select
+
+from ticketing.addresses import base_address
+from ticketing.inbound import Inbound
+from ticketing.models import Participant, ThreadRef, Ticket
+from ticketing.parse import ParsedMail
+from ticketing.settings import Settings
+
+TAG = re.compile(r"\[#(\d{1,12})\]")
+_PREFIX = re.compile(
+    r"^\s*(?:(?:re|fwd?|aw|wg|sv|vs|antw|doorst|tr|rif|ref|odp|res|enc|r|i)\s*(?:\[\d+\])?\s*[:：]\s*)+",
+    re.IGNORECASE,
+)
+_TOKEN = re.compile(r"^(\d{1,12})-([0-9a-f]{16})$")
+
+
+def subject_tag(number: int) -> str:
+    return f"[#{number}]"
+
+
+def clean_subject(subject: str) -> str:
+    """The subject without reply/forward prefixes and our ticket tag, as a ticket keeps it."""
+    previous = None
+    while previous != subject:
+        previous = subject
+        subject = _PREFIX.sub("", subject)
+        subject = TAG.sub("", subject).strip()
+    return re.sub(r"\s{2,}", " ", subject).strip()
+
+
+def reply_token(number: int, secret: str) -> str:
+    """The ticket number signed with the server secret (HMAC-SHA256, 64 bits shown)."""
+    digest = hmac.new(secret.encode(), f"ticket:{number}".encode(), hashlib.sha256).hexdigest()
+    return f"{number}-{digest[:16]}"
+
+
+def reply_address(number: int, settings: Settings) -> str:
+    support = settings.support
+    return f"{support.local_part}+{reply_token(number, support.secret)}@{support.domain}"
+
+
+def served_addresses(settings: Settings) -> set[str]:
+    return {settings.support.address.lower(), *(a.lower() for a in settings.support.aliases)}
+
+
+def is_ours(address: str, settings: Settings) -> bool:
+    """A support address we serve, with or without a +detail."""
+    return base_address(address.lower()) in served_addresses(settings)
+
+
+def ticket_from_address(address: str, settings: Settings) -> int | None:
+    """The ticket number of a valid signed reply address, or None (forged, guessed, plain)."""
+    address = address.lower()
+    if not is_ours(address, settings):
+        return None
+    local = address.rpartition("@")[0]
+    _, plus, detail = local.partition("+")
+    match = _TOKEN.match(detail) if plus else None
+    if not match:
+        return None
+    number = int(match.group(1))
+    expected = reply_token(number, settings.support.secret)
+    return number if hmac.compare_digest(expected, detail) else None
+
+
+@dataclass(frozen=True)
+class Match:
+    ticket: Ticket
+    how: str  # "thread" | "token" | "tag"
+
+
+def find_ticket(
+    session: Session, mail: ParsedMail, inbound: Inbound, settings: Settings, sender: str
+) -> Match | None:
+    """The ticket a mail answers, by SPEC section 3's order; None means a new ticket."""
+    ids = mail.thread_ids
+    if ids:
+        refs = session.exec(select(ThreadRef).where(col(ThreadRef.message_id).in_(ids))).all()
+        by_id = {ref.message_id: ref.ticket_id for ref in refs}
+        for message_id in ids:  # the nearest reference decides
+            if message_id in by_id:
+                ticket = session.get(Ticket, by_id[message_id])
+                if ticket is not None:
+                    return Match(ticket, "thread")
+    candidates = [
+        *inbound.envelope_recipients,
+        *mail.delivered_to,
+        *(a.address for a in (*mail.to, *mail.cc)),
+    ]
+    for address in candidates:
+        number = ticket_from_address(address, settings)
+        if number is not None:
+            ticket = session.get(Ticket, number)
+            if ticket is not None:
+                return Match(ticket, "token")
+    tag = TAG.search(mail.subject)
+    if tag:
+        ticket = session.get(Ticket, int(tag.group(1)))
+        if ticket is not None and takes_part(session, ticket, sender, settings):
+            return Match(ticket, "tag")
+    return None
+
+
+def takes_part(session: Session, ticket: Ticket, address: str, settings: Settings) -> bool:
+    if address == ticket.requester or address == ticket.assignee:
+        return True
+    if address in {a.lower() for a in settings.agents.addresses}:
+        return True
+    found = session.exec(
+        select(Participant.id).where(
+            Participant.ticket_id == ticket.id, Participant.address == address
+        )
+    ).first()
+    return found is not None

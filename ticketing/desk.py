@@ -1,0 +1,54 @@
+"""The support desk: settings and collaborators, built once and passed in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from ticketing.blobs import BlobStore
+from ticketing.clock import Clock, SystemClock
+from ticketing.compose import Templates
+from ticketing.db import make_engine
+from ticketing.inbound import Inbound, Outcome
+from ticketing.settings import Settings, ensure_secret
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Desk:
+    settings: Settings
+    engine: Engine
+    clock: Clock
+    blobs: BlobStore
+    templates: Templates
+    # Called after each commit that queued mail or pages, so workers start at once.
+    on_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    @classmethod
+    def create(
+        cls, settings: Settings, engine: Engine | None = None, clock: Clock | None = None
+    ) -> Desk:
+        settings = ensure_secret(settings)
+        return cls(
+            settings=settings,
+            engine=engine or make_engine(settings.database),
+            clock=clock or SystemClock(),
+            blobs=BlobStore(settings.storage_path / "blobs"),
+            templates=Templates(settings),
+        )
+
+    def ingest(self, inbound: Inbound) -> Outcome:
+        from ticketing.ingest import ingest
+
+        return ingest(self, inbound)
+
+    def committed(self) -> None:
+        for callback in self.on_commit:
+            try:
+                callback()
+            except Exception:  # a wake-up that fails must not undo an acknowledged mail
+                log.exception("wake-up after commit failed")

@@ -1,0 +1,177 @@
+"""The one ingest path for SMTP, IMAP and the MTA pipe: parse, screen, then one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import traceback
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from ticketing.db import StorageError, transaction
+from ticketing.inbound import Inbound, Outcome
+from ticketing.models import Message, Quarantine
+from ticketing.parse import ParsedMail, parse_mail
+from ticketing.screening import Verdict, screen
+from ticketing.tickets import StoredFile, file_classified, file_reply, open_or_hold, store_files
+
+if TYPE_CHECKING:
+    from ticketing.desk import Desk
+
+log = logging.getLogger(__name__)
+
+
+def dedupe_key(mail: ParsedMail, raw: bytes) -> str:
+    """The same message twice is stored once: by Message-ID, or by its bytes when it has none."""
+    if mail.message_id:
+        return "mid:" + mail.message_id[:900]
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def ingest(desk: Desk, inbound: Inbound) -> Outcome:
+    """Store one mail and everything it causes, or raise StorageError (a temporary failure).
+
+    Any other fault (a parser crash, a bug) keeps the mail whole in the quarantine, so it
+    is acknowledged, never lost, and never blocks the mail behind it.
+    """
+    try:
+        mail = parse_mail(inbound.raw)
+        key = dedupe_key(mail, inbound.raw)
+        verdict = screen(mail, inbound, desk.settings)
+    except Exception as exc:
+        return quarantine(desk, inbound, exc)
+    try:
+        raw_sha256 = desk.blobs.put(inbound.raw)
+        files = store_files(desk, mail)
+    except OSError as exc:
+        raise StorageError(f"data folder: {exc}") from exc
+    label = mail.message_id or raw_sha256[:16]
+    for attempt in range(3):
+        try:
+            with transaction(desk.engine) as session:
+                outcome = _record(session, desk, inbound, mail, key, raw_sha256, files, verdict)
+            break
+        except IntegrityError:
+            # A concurrent copy of the same mail (or a ticket row raced) won: look again.
+            if attempt == 2:
+                raise StorageError(f"{label}: kept conflicting with a concurrent write") from None
+        except StorageError:
+            raise
+        except Exception as exc:
+            return quarantine(desk, inbound, exc)
+    log.info("<%s> %s via %s: %s%s", label, outcome.status, inbound.route,
+             f"#{outcome.ticket} " if outcome.ticket else "", outcome.detail)
+    if outcome.status != "duplicate":
+        desk.committed()
+    return outcome
+
+
+def _record(
+    session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, key: str,
+    raw_sha256: str, files: list[StoredFile], verdict: Verdict,
+) -> Outcome:
+    existing = session.exec(select(Message).where(Message.dedupe_key == key)).first()
+    if existing is not None:
+        return Outcome("duplicate", existing.ticket_id, existing.id, "already stored")
+    message = Message(
+        dedupe_key=key,
+        message_id=mail.message_id,
+        kind="request",
+        route=inbound.route,
+        envelope_sender=inbound.envelope_sender[:320],
+        envelope_recipients=json.dumps(list(inbound.envelope_recipients)),
+        from_address=mail.sender.address if mail.sender else "",
+        from_name=(mail.sender.name if mail.sender else "")[:200],
+        recipients=json.dumps([a.address for a in (*mail.to, *mail.cc)]),
+        subject=mail.subject,
+        full_text=mail.text,
+        text=mail.text,
+        html=mail.html,
+        raw_sha256=raw_sha256,
+        raw_size=len(inbound.raw),
+        created_at=desk.clock.now(),
+    )
+    if verdict.kind != "human":
+        return file_classified(session, desk, inbound, mail, message, files, verdict)
+    return file_reply(session, desk, inbound, mail, message, files) or open_or_hold(
+        session, desk, inbound, mail, message, files
+    )
+
+
+def quarantine(desk: Desk, inbound: Inbound, exc: BaseException) -> Outcome:
+    """Keep a mail that ingest could not handle, whole, for `mailgate inbound replay`."""
+    error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    log.error("quarantining a mail via %s: %s", inbound.route, error, exc_info=exc)
+    try:
+        raw_sha256 = desk.blobs.put(inbound.raw)
+    except OSError as storage:
+        raise StorageError(f"data folder: {storage}") from storage
+    envelope = {
+        "sender": inbound.envelope_sender,
+        "recipients": list(inbound.envelope_recipients),
+        "authenticated": inbound.authenticated,
+    }
+    with transaction(desk.engine) as session:
+        row = Quarantine(
+            raw_sha256=raw_sha256,
+            raw_size=len(inbound.raw),
+            route=inbound.route,
+            envelope=json.dumps(envelope),
+            error=error[:4000],
+            created_at=desk.clock.now(),
+        )
+        session.add(row)
+        session.flush()
+        number = row.id
+    return Outcome("quarantined", None, None, f"quarantine #{number}: {error[:200]}")
+
+
+def replay(desk: Desk, quarantine_id: int) -> Outcome:
+    """Run a quarantined mail through ingest again (after a fix)."""
+    with transaction(desk.engine) as session:
+        row = session.get(Quarantine, quarantine_id)
+        if row is None:
+            raise LookupError(f"no quarantined mail #{quarantine_id}")
+        envelope = json.loads(row.envelope)
+        raw = desk.blobs.get(row.raw_sha256)
+        route = row.route
+    outcome = ingest(
+        desk,
+        Inbound(raw, route, envelope.get("sender", ""), tuple(envelope.get("recipients", ())),
+                bool(envelope.get("authenticated"))),
+    )
+    if outcome.status != "quarantined":
+        with transaction(desk.engine) as session:
+            stored = session.get(Quarantine, quarantine_id)
+            if stored is not None:
+                stored.replayed_at = desk.clock.now()
+                stored.outcome = f"{outcome.status} #{outcome.ticket or ''}".strip(" #")
+                session.add(stored)
+    return outcome
+
+
+def release(desk: Desk, message_pk: int) -> Outcome:
+    """Open a ticket from a held mail (sender policy "registered"), registering its sender."""
+    from ticketing.models import Account
+    from ticketing.tickets import open_ticket
+
+    with transaction(desk.engine) as session:
+        message = session.get(Message, message_pk)
+        if message is None or message.kind != "held":
+            raise LookupError(f"no held mail m{message_pk}")
+        mail = parse_mail(desk.blobs.get(message.raw_sha256))
+        sender = mail.sender
+        if sender is None:
+            raise LookupError(f"held mail m{message_pk} has no sender to register")
+        account = session.exec(select(Account).where(Account.address == sender.address)).first()
+        if account is None:
+            account = Account(address=sender.address, name=sender.name, created_at=desk.clock.now())
+        account.registered = True
+        session.add(account)
+        # Its attachments were recorded when it was held: no files to add again.
+        outcome = open_ticket(session, desk, mail, message, [], sender)
+    desk.committed()
+    return outcome

@@ -1,0 +1,358 @@
+"""Who is told what: each mail the desk sends, as outbox rows in the caller's transaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlmodel import Session, col, select
+
+from ticketing.addresses import Address, is_machine_address
+from ticketing.compose import FileToSend, OutgoingMail, compose
+from ticketing.conversation import is_ours, reply_address, subject_tag
+from ticketing.models import Account, Attachment, Message, Outbox, ThreadRef, Ticket
+from ticketing.participants import active_participants, agent_addresses
+from ticketing.quotes import REPLY_MARKER
+from ticketing.ratelimit import may_auto_reply, record_auto_reply
+from ticketing.severity import Severity
+
+if TYPE_CHECKING:
+    from ticketing.desk import Desk
+
+log = logging.getLogger(__name__)
+_HISTORY = 5
+
+
+def enqueue(
+    session: Session, ticket: Ticket | None, kind: str, mail: OutgoingMail, now: datetime,
+    mail_from: str,
+) -> Outbox:
+    row = Outbox(
+        ticket_id=ticket.id if ticket else None,
+        kind=kind,
+        message_id=mail.message_id,
+        mail_from=mail_from,
+        recipients=json.dumps(list(mail.recipients)),
+        raw=mail.raw,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(row)
+    if ticket is not None and ticket.id is not None:
+        session.add(ThreadRef(message_id=mail.message_id, ticket_id=ticket.id))
+    return row
+
+
+def _common(desk: Desk, ticket: Ticket | None) -> dict[str, Any]:
+    support = desk.settings.support
+    return {
+        "marker": REPLY_MARKER,
+        "support_name": support.name,
+        "status_page": support.status_page,
+        "tag": subject_tag(ticket.id) if ticket and ticket.id else "",
+        "subject": ticket.subject if ticket else "",
+    }
+
+
+def _deliverable(session: Session, desk: Desk, address: str) -> bool:
+    """Never mail our own addresses, nor an address whose mail bounced for good."""
+    if is_ours(address, desk.settings):
+        return False
+    account = session.exec(select(Account).where(Account.address == address)).first()
+    return account is None or account.bouncing_since is None
+
+
+def thread_of(session: Session, ticket: Ticket) -> tuple[str | None, list[str]]:
+    """(the Message-ID to answer, the References chain) for a new mail on the ticket."""
+    rows = session.exec(
+        select(Message.message_id)
+        .where(Message.ticket_id == ticket.id, Message.message_id != "")
+        .order_by(col(Message.id))
+    ).all()
+    chain = [m for m in rows if m]
+    return (chain[-1] if chain else None), chain
+
+
+def confirm_new_ticket(
+    session: Session, desk: Desk, ticket: Ticket, request: Message, cc: Sequence[Address],
+    now: datetime, paged: bool, next_opening: str | None,
+) -> Outbox | None:
+    """The confirmation to the requester, Cc the CC list (an auto-reply: RFC 3834 applies)."""
+    assert ticket.id is not None
+    requester = ticket.requester
+    if not _deliverable(session, desk, requester) or not may_auto_reply(
+        session, desk.settings.limits, requester, ticket.id, now
+    ):
+        log.info("[#%s] no confirmation to %s (rate limit, machine or bouncing address)",
+                 ticket.id, requester)
+        return None
+    copied = [a for a in cc if _deliverable(session, desk, a.address)
+              and not is_machine_address(a.address)]
+    severity = Severity(ticket.severity)
+    context = _common(desk, ticket) | {
+        "requester": requester,
+        "requester_name": ticket.requester_name,
+        "severity": severity.label,
+        "severity_word": severity.word,
+        "severity_meaning": severity.meaning,
+        "cc": [a.address for a in copied],
+        "paged": paged,
+        "next_opening": next_opening,
+    }
+    text, html = desk.templates.render("confirmation", **context)
+    _, chain = thread_of(session, ticket)
+    mail = compose(
+        desk.settings,
+        to=[Address(requester, ticket.requester_name)],
+        cc=copied,
+        subject=f"{subject_tag(ticket.id)} {ticket.subject}",
+        text=text,
+        html=html,
+        now=now,
+        reply_to=reply_address(ticket.id, desk.settings),
+        in_reply_to=request.message_id or None,
+        references=chain,
+        auto_submitted="auto-replied",
+    )
+    record_auto_reply(session, requester, ticket.id, "confirmation", now)
+    return enqueue(session, ticket, "confirmation", mail, now, desk.settings.support.address)
+
+
+def _files(session: Session, desk: Desk, message: Message) -> tuple[list[FileToSend], list[str]]:
+    """The message's attachments to send along, and the names of those too large to."""
+    limit = desk.settings.outbound.max_attachment_size
+    send: list[FileToSend] = []
+    omitted: list[str] = []
+    rows = session.exec(select(Attachment).where(Attachment.message_pk == message.id)).all()
+    for row in rows:
+        if row.size > limit:
+            omitted.append(f"{row.filename} ({row.size:,} bytes)")
+            continue
+        try:
+            data = desk.blobs.get(row.sha256)
+        except OSError:
+            omitted.append(f"{row.filename} (not readable)")
+            continue
+        send.append(FileToSend(row.filename, row.content_type, data))
+    return send, omitted
+
+
+def announce_new_ticket(
+    session: Session, desk: Desk, ticket: Ticket, request: Message, cc: Sequence[Address],
+    now: datetime, paged_hooks: Sequence[str] = (),
+) -> list[Outbox]:
+    """Tell the agents (or the team list) of a new ticket; its Reply-To makes their answer public."""
+    assert ticket.id is not None
+    team = desk.settings.agents.team_address
+    agents = [team.lower()] if team else sorted(agent_addresses(session, desk.settings))
+    agents = [a for a in agents if a != ticket.requester and _deliverable(session, desk, a)]
+    if not agents:
+        return []
+    severity = Severity(ticket.severity)
+    files, omitted = _files(session, desk, request)
+    context = _common(desk, ticket) | {
+        "requester": ticket.requester,
+        "requester_name": ticket.requester_name,
+        "severity": severity.label,
+        "severity_word": severity.word,
+        "severity_meaning": severity.meaning,
+        "cc": [a.address for a in cc],
+        "text": request.text,
+        "attachments": [f.filename for f in files] + omitted,
+        "paged": bool(paged_hooks),
+        "paged_at": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "paged_hooks": list(paged_hooks),
+    }
+    text, html = desk.templates.render("new_ticket", **context)
+    urgent = [("Importance", "high"), ("X-Priority", "1")] if paged_hooks else []
+    rows = []
+    for agent in agents:
+        mail = compose(
+            desk.settings,
+            to=[Address(agent)],
+            subject=f"{subject_tag(ticket.id)} [{severity.label}] {ticket.subject}",
+            text=text,
+            html=html,
+            now=now,
+            from_name=f"{ticket.requester_name or ticket.requester} via {desk.settings.support.name}",
+            reply_to=reply_address(ticket.id, desk.settings),
+            in_reply_to=request.message_id or None,
+            references=[request.message_id] if request.message_id else [],
+            auto_submitted="auto-generated",
+            attachments=files,
+            extra_headers=urgent,
+        )
+        rows.append(enqueue(session, ticket, "new_ticket", mail, now, desk.settings.support.address))
+    return rows
+
+
+def _history(session: Session, ticket: Ticket, before: Message, notes: bool) -> list[dict[str, str]]:
+    kinds = ["request", "reply", "note"] if notes else ["request", "reply"]
+    rows = session.exec(
+        select(Message)
+        .where(Message.ticket_id == ticket.id, col(Message.kind).in_(kinds),
+               col(Message.id) < (before.id or 0))
+        .order_by(col(Message.id).desc())
+        .limit(_HISTORY)
+    ).all()
+    return [
+        {
+            "date": m.created_at.strftime("%a, %d %b %Y %H:%M UTC"),
+            "author": m.from_name or m.from_address,
+            "text": m.text,
+            "quoted": "\n".join("> " + line if line else ">" for line in m.text.splitlines()),
+        }
+        for m in rows
+    ]
+
+
+def fan_out(
+    session: Session, desk: Desk, ticket: Ticket, message: Message, now: datetime,
+    *, author_is_agent: bool, already_reached: Iterable[str], note: bool = False,
+) -> list[Outbox]:
+    """A new message on a ticket to every participant but its author, once each.
+
+    One mail per recipient: each copy names only its reader and our signed Reply-To,
+    so "reply all" in any client comes back through the ticket (recorded, threaded,
+    fanned out once) instead of going around it, and a bounce names one address.
+    """
+    assert ticket.id is not None
+    author = message.from_address
+    agents = agent_addresses(session, desk.settings)
+    reached = set(already_reached)
+    recipients: dict[str, str] = {}
+    for participant in active_participants(session, ticket):
+        if not note or participant.role == "agent":
+            recipients.setdefault(participant.address, participant.name)
+    if ticket.assignee:
+        recipients.setdefault(ticket.assignee, agents.get(ticket.assignee, ""))
+    if note or (not ticket.assignee and not author_is_agent):
+        # A customer's mail on an unassigned ticket, and every note, go to all agents.
+        for address, name in agents.items():
+            recipients.setdefault(address, name)
+    recipients.pop(author, None)
+    for address in reached:
+        recipients.pop(address, None)
+    recipients = {
+        a: n for a, n in recipients.items() if _deliverable(session, desk, a)
+    }
+    if not recipients:
+        return []
+    files, omitted = _files(session, desk, message)
+    in_reply_to, chain = thread_of(session, ticket)
+    display = message.from_name or message.from_address
+    rows = []
+    for address, name in recipients.items():
+        is_agent = address in agents
+        context = _common(desk, ticket) | {
+            "text": message.text,
+            "author": display,
+            "note": note,
+            "attachments_omitted": omitted,
+            "history": _history(session, ticket, message, notes=is_agent),
+        }
+        text, html = desk.templates.render("reply", **context)
+        mail = compose(
+            desk.settings,
+            to=[Address(address, name)],
+            subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}",
+            text=text,
+            html=html,
+            now=now,
+            from_name=f"{display} via {desk.settings.support.name}",
+            reply_to=reply_address(ticket.id, desk.settings),
+            in_reply_to=in_reply_to,
+            references=chain,
+            auto_submitted="auto-generated" if is_agent else None,
+            attachments=files,
+        )
+        rows.append(enqueue(session, ticket, "note" if note else "reply", mail, now,
+                            desk.settings.support.address))
+    return rows
+
+
+def status_notice(
+    session: Session, desk: Desk, ticket: Ticket, status: str, now: datetime
+) -> Outbox | None:
+    """Tell the requester (Cc the customers on the thread) the ticket was solved, closed or reopened."""
+    assert ticket.id is not None
+    if not _deliverable(session, desk, ticket.requester):
+        return None
+    copied = [
+        Address(p.address, p.name)
+        for p in active_participants(session, ticket)
+        if p.role in ("cc", "follower") and _deliverable(session, desk, p.address)
+    ]
+    context = _common(desk, ticket) | {
+        "requester": ticket.requester,
+        "requester_name": ticket.requester_name,
+        "status": status,
+        "reopen_days": desk.settings.tickets.reopen_days,
+    }
+    text, html = desk.templates.render("status", **context)
+    in_reply_to, chain = thread_of(session, ticket)
+    mail = compose(
+        desk.settings,
+        to=[Address(ticket.requester, ticket.requester_name)],
+        cc=copied,
+        subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}",
+        text=text,
+        html=html,
+        now=now,
+        reply_to=reply_address(ticket.id, desk.settings),
+        in_reply_to=in_reply_to,
+        references=chain,
+        auto_submitted="auto-generated",
+    )
+    return enqueue(session, ticket, f"status_{status}", mail, now, desk.settings.support.address)
+
+
+def command_error(
+    session: Session, desk: Desk, ticket: Ticket, agent: str, errors: Sequence[str], now: datetime
+) -> Outbox:
+    """A short private mail to the agent whose command could not be applied."""
+    assert ticket.id is not None
+    context = _common(desk, ticket) | {"errors": list(errors)}
+    text, html = desk.templates.render("command_error", **context)
+    in_reply_to, chain = thread_of(session, ticket)
+    mail = compose(
+        desk.settings,
+        to=[Address(agent)],
+        subject=f"Re: {subject_tag(ticket.id)} {ticket.subject} (command not applied)",
+        text=text,
+        html=html,
+        now=now,
+        reply_to=reply_address(ticket.id, desk.settings),
+        in_reply_to=in_reply_to,
+        references=chain,
+        auto_submitted="auto-replied",
+    )
+    return enqueue(session, ticket, "command_error", mail, now, desk.settings.support.address)
+
+
+def no_account(
+    session: Session, desk: Desk, sender: Address, subject: str, request: Message, now: datetime
+) -> Outbox | None:
+    """The "no Help Desk account: ask your account manager" reply, rate-limited."""
+    if not _deliverable(session, desk, sender.address) or not may_auto_reply(
+        session, desk.settings.limits, sender.address, None, now
+    ):
+        return None
+    context = _common(desk, None) | {"subject": subject, "sender": sender.address}
+    text, html = desk.templates.render("no_account", **context)
+    mail = compose(
+        desk.settings,
+        to=[sender],
+        subject=f"Re: {subject}" if subject else "Your mail to support",
+        text=text,
+        html=html,
+        now=now,
+        in_reply_to=request.message_id or None,
+        references=[request.message_id] if request.message_id else [],
+        auto_submitted="auto-replied",
+    )
+    record_auto_reply(session, sender.address, None, "no_account", now)
+    return enqueue(session, None, "no_account", mail, now, desk.settings.support.address)

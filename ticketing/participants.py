@@ -1,0 +1,74 @@
+"""Who takes part in a ticket, and who the agents are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from ticketing.addresses import Address
+from ticketing.models import Agent, Participant, Ticket
+from ticketing.settings import Settings
+
+
+def agent_addresses(session: Session, settings: Settings) -> dict[str, str]:
+    """Agent address -> name, from the config and the agents table."""
+    agents = {address.lower(): "" for address in settings.agents.addresses}
+    for agent in session.exec(select(Agent)).all():
+        agents[agent.address] = agent.name
+    return agents
+
+
+def active_participants(session: Session, ticket: Ticket) -> list[Participant]:
+    return list(
+        session.exec(
+            select(Participant)
+            .where(Participant.ticket_id == ticket.id, Participant.active)
+            .order_by(Participant.id)  # type: ignore[arg-type]
+        ).all()
+    )
+
+
+def add_participants(
+    session: Session,
+    ticket: Ticket,
+    people: Iterable[Address],
+    role: str,
+    now: datetime,
+) -> list[Address]:
+    """Add people not yet on the ticket (or back after #unfollow); returns those added."""
+    assert ticket.id is not None
+    existing = {
+        p.address: p
+        for p in session.exec(select(Participant).where(Participant.ticket_id == ticket.id)).all()
+    }
+    added = []
+    for person in people:
+        current = existing.get(person.address)
+        if current is None:
+            participant = Participant(
+                ticket_id=ticket.id,
+                address=person.address,
+                name=person.name,
+                role=role,
+                created_at=now,
+            )
+            session.add(participant)
+            existing[person.address] = participant
+            added.append(person)
+        elif not current.active and role in ("requester", "agent"):
+            current.active = True
+            session.add(current)
+    return added
+
+
+def unfollow(session: Session, ticket: Ticket, address: str) -> bool:
+    participant = session.exec(
+        select(Participant).where(Participant.ticket_id == ticket.id, Participant.address == address)
+    ).first()
+    if participant is None or not participant.active:
+        return False
+    participant.active = False
+    session.add(participant)
+    return True

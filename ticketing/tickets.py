@@ -1,0 +1,277 @@
+"""What a stored mail does to tickets: open one, add a reply, or file it as classified."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlmodel import Session, select
+
+from ticketing import notifications, oncall
+from ticketing.addresses import Address, normalize
+from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
+from ticketing.conversation import clean_subject, find_ticket, is_ours
+from ticketing.inbound import Inbound, Outcome
+from ticketing.models import Account, Attachment, Message, Page, ThreadRef, Ticket
+from ticketing.parse import ParsedMail
+from ticketing.participants import add_participants, agent_addresses, unfollow
+from ticketing.quotes import cut_reply
+from ticketing.ratelimit import mark_bouncing
+from ticketing.screening import Verdict, agent_authenticated
+from ticketing.severity import Severity, severity_in, strip_tags
+
+if TYPE_CHECKING:
+    from ticketing.desk import Desk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    inline: bool
+    content_id: str
+
+
+def store_files(desk: Desk, mail: ParsedMail) -> list[StoredFile]:
+    """Write each attachment to the data folder (before the transaction that names it)."""
+    stored = []
+    for item in mail.attachments:
+        digest = item.sha256
+        desk.blobs.put_as(digest, item.data)
+        stored.append(StoredFile(item.filename, item.content_type[:255], len(item.data), digest,
+                                 item.inline, item.content_id[:1000]))
+    return stored
+
+
+def _save(session: Session, message: Message, files: list[StoredFile], ticket: Ticket | None) -> None:
+    message.ticket_id = ticket.id if ticket else None
+    session.add(message)
+    session.flush()
+    assert message.id is not None
+    for f in files:
+        session.add(Attachment(message_pk=message.id, filename=f.filename, content_type=f.content_type,
+                               size=f.size, sha256=f.sha256, inline=f.inline, content_id=f.content_id))
+    if ticket is not None and message.message_id:
+        known = session.get(ThreadRef, message.message_id)
+        if known is None:
+            assert ticket.id is not None
+            session.add(ThreadRef(message_id=message.message_id, ticket_id=ticket.id))
+
+
+def _sender(mail: ParsedMail, inbound: Inbound) -> Address | None:
+    if mail.sender:
+        return mail.sender
+    address = normalize(inbound.envelope_sender)
+    return Address(address) if address else None
+
+
+def _copied(mail: ParsedMail, desk: Desk, exclude: set[str]) -> list[Address]:
+    """Everyone in To and Cc but our own addresses and those excluded."""
+    return [a for a in (*mail.to, *mail.cc)
+            if not is_ours(a.address, desk.settings) and a.address not in exclude]
+
+
+def file_classified(
+    session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, message: Message,
+    files: list[StoredFile], verdict: Verdict,
+) -> Outcome:
+    """Auto-replies, bounces, list mail, our own echo: stored and classified, never answered."""
+    sender = mail.sender.address if mail.sender else ""
+    match = find_ticket(session, mail, inbound, desk.settings, sender)
+    message.kind = verdict.kind
+    message.detail = f"{verdict.rule}: {verdict.reason}"[:2000]
+    _save(session, message, files, match.ticket if match else None)
+    if verdict.kind == "bounce" and verdict.permanent:
+        for address in verdict.failed_recipients:
+            mark_bouncing(session, address, verdict.reason, desk.clock.now())
+    ticket = match.ticket.id if match else None
+    return Outcome("classified", ticket, message.id, f"{verdict.kind} ({verdict.rule})")
+
+
+def open_or_hold(
+    session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, message: Message,
+    files: list[StoredFile], linked: Ticket | None = None,
+) -> Outcome:
+    now = desk.clock.now()
+    sender = _sender(mail, inbound)
+    if sender is None or is_ours(sender.address, desk.settings):
+        message.kind = "no_sender"
+        message.detail = "no usable From address: kept, no ticket"
+        _save(session, message, files, None)
+        return Outcome("classified", None, message.id, message.detail)
+    account = session.exec(select(Account).where(Account.address == sender.address)).first()
+    if not _may_open(session, desk, sender.address, account):
+        message.kind = "held"
+        message.detail = "sender has no Help Desk account (policy: registered)"
+        _save(session, message, files, None)
+        notifications.no_account(session, desk, sender, mail.subject, message, now)
+        return Outcome("held", None, message.id, message.detail)
+    if account is None:
+        session.add(Account(address=sender.address, name=sender.name, created_at=now))
+    return open_ticket(session, desk, mail, message, files, sender, linked)
+
+
+def _may_open(session: Session, desk: Desk, address: str, account: Account | None) -> bool:
+    support = desk.settings.support
+    if support.sender_policy == "open" or account is not None:
+        return True
+    domain = address.rpartition("@")[2]
+    if domain in {d.lower() for d in support.allowed_domains}:
+        return True
+    return address in agent_addresses(session, desk.settings)
+
+
+def open_ticket(
+    session: Session, desk: Desk, mail: ParsedMail, message: Message, files: list[StoredFile],
+    sender: Address, linked: Ticket | None = None,
+) -> Outcome:
+    now = desk.clock.now()
+    severity = severity_in(mail.subject)
+    subject = clean_subject(strip_tags(mail.subject)) or "(no subject)"
+    ticket = Ticket(
+        subject=subject[:1000],
+        severity=int(severity if severity is not None else Severity.S3),
+        requester=sender.address,
+        requester_name=sender.name,
+        linked_ticket_id=linked.id if linked else None,
+        created_at=now,
+        updated_at=now,
+        status_changed_at=now,
+    )
+    session.add(ticket)
+    session.flush()
+    message.kind = "request"
+    _save(session, message, files, ticket)
+    add_participants(session, ticket, [sender], "requester", now)
+    cc = _copied(mail, desk, {sender.address})
+    add_participants(session, ticket, cc, "cc", now)
+    pages = _escalate_if_due(session, desk, ticket, None, "new ticket")
+    next_opening = None
+    if not pages:
+        opening = oncall.next_opening(now, desk.settings.hours)
+        if opening > now:
+            next_opening = opening.strftime("%A %d %B at %H:%M %Z")
+    notifications.confirm_new_ticket(session, desk, ticket, message, cc, now, bool(pages),
+                                     next_opening)
+    notifications.announce_new_ticket(session, desk, ticket, message, cc, now,
+                                      sorted({p.hook for p in pages}))
+    detail = f"{Severity(ticket.severity).label}, {len(cc)} copied, {len(files)} attached"
+    return Outcome("new_ticket", ticket.id, message.id, detail)
+
+
+def _escalate_if_due(
+    session: Session, desk: Desk, ticket: Ticket, before: Severity | None, reason: str
+) -> list[Page]:
+    """Page on-call when the ticket now calls for it and did not before (SPEC section 5)."""
+    now = desk.clock.now()
+    settings = desk.settings
+    due = oncall.should_page(Severity(ticket.severity), now, settings.oncall, settings.hours)
+    was_due = before is not None and oncall.should_page(before, now, settings.oncall, settings.hours)
+    if not due or was_due:
+        return []
+    return list(oncall.escalate(session, ticket, settings, now, reason))
+
+
+def file_reply(
+    session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, message: Message,
+    files: list[StoredFile],
+) -> Outcome | None:
+    """A mail on an existing ticket; None when it belongs to no ticket."""
+    sender = _sender(mail, inbound)
+    if sender is None:
+        return None
+    match = find_ticket(session, mail, inbound, desk.settings, sender.address)
+    if match is None:
+        return None
+    ticket = match.ticket
+    now = desk.clock.now()
+    if ticket.status == "closed" and now - ticket.status_changed_at > timedelta(
+        days=desk.settings.tickets.reopen_days
+    ):
+        return open_or_hold(session, desk, inbound, mail, message, files, linked=ticket)
+    agents = agent_addresses(session, desk.settings)
+    is_agent = sender.address in agents and agent_authenticated(mail, inbound, desk.settings)
+    if sender.address in agents and not is_agent:
+        log.warning("[#%s] mail from agent address %s failed authentication: treated as a "
+                    "customer's", ticket.id, sender.address)
+    text = cut_reply(mail.text)
+    commands = Commands()
+    if is_agent:
+        commands, text = split_commands(text)
+    leaving = wants_unfollow(text)
+    if leaving:
+        text = without_unfollow(text)
+    message.text = text
+    message.kind = "note" if commands.note else "reply"
+    errors = list(commands.errors)
+    if commands.assign and commands.assign != "me" and commands.assign not in agents:
+        errors.append(f"#assign {commands.assign}: not an agent address")
+    if errors:
+        message.kind = "rejected"
+        message.detail = "; ".join(errors)[:2000]
+        _save(session, message, files, ticket)
+        notifications.command_error(session, desk, ticket, sender.address, errors, now)
+        return Outcome("reply", ticket.id, message.id, "command error: not published")
+    _save(session, message, files, ticket)
+    ticket.updated_at = now
+    if leaving:
+        unfollow(session, ticket, sender.address)
+        if not text.strip():
+            session.add(ticket)
+            return Outcome("reply", ticket.id, message.id, "unfollowed")
+    _join(session, desk, ticket, mail, sender, is_agent, agents, now)
+    before = Severity(ticket.severity)
+    _apply(session, desk, ticket, commands, sender.address, is_agent, mail, now)
+    session.add(ticket)
+    _escalate_if_due(session, desk, ticket, before, "severity raised")
+    reached = {a.address for a in (*mail.to, *mail.cc)}
+    notifications.fan_out(session, desk, ticket, message, now, author_is_agent=is_agent,
+                          already_reached=reached, note=commands.note)
+    return Outcome("reply", ticket.id, message.id, f"{message.kind} by {match.how}")
+
+
+def _join(
+    session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail, sender: Address,
+    is_agent: bool, agents: dict[str, str], now: datetime,
+) -> None:
+    """New people on the thread become followers; an agent who answers takes part."""
+    if is_agent:
+        add_participants(session, ticket, [sender], "agent", now)
+    else:
+        add_participants(session, ticket, [sender], "follower", now)
+    newcomers = [a for a in _copied(mail, desk, {sender.address}) if a.address not in agents]
+    add_participants(session, ticket, newcomers, "follower", now)
+
+
+def _apply(
+    session: Session, desk: Desk, ticket: Ticket, commands: Commands, author: str,
+    is_agent: bool, mail: ParsedMail, now: datetime,
+) -> None:
+    """Commands and implied changes: assignment, status, severity."""
+    if is_agent and not commands.note and ticket.assignee is None:
+        ticket.assignee = author  # the first agent to answer publicly takes the ticket
+    if commands.assign:
+        ticket.assignee = author if commands.assign == "me" else commands.assign
+    new_status = commands.status
+    if not is_agent and ticket.status in ("solved", "closed"):
+        new_status = "open"
+    if new_status and new_status != ticket.status:
+        reopened = new_status == "open" and ticket.status in ("solved", "closed")
+        ticket.status = new_status
+        ticket.status_changed_at = now
+        if new_status in ("solved", "closed"):
+            oncall.resolve(session, ticket, desk.settings, now)
+        notice = "reopened" if reopened else new_status
+        if notice in ("solved", "closed", "reopened"):
+            notifications.status_notice(session, desk, ticket, notice, now)
+    severity = commands.severity
+    if severity is None and not commands.note:
+        severity = severity_in(mail.subject)
+    if severity is not None:
+        ticket.severity = int(severity)
