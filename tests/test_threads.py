@@ -1,0 +1,228 @@
+"""Replies reach everyone on the ticket, once, threaded; agents work from their mail client."""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+
+import pytest
+from sqlmodel import select
+
+from tests.harness import Received, Relay, request, send, serving
+from tests.servers import free_port
+from ticketing.conversation import reply_token
+from ticketing.db import transaction
+from ticketing.desk import Desk
+from ticketing.models import Ticket
+from ticketing.reports import show_ticket
+
+CAROL = "carol@customer.test"
+DAVE = "dave@customer.test"
+ERIN = "erin@customer.test"
+FRANK = "frank@customer.test"
+ALICE = "alice@example.com"
+BOB = "bob@example.com"
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    with Relay() as relay:
+        yield relay
+
+
+@pytest.fixture
+def desk(desks: Callable[..., Desk], relay: Relay) -> Desk:
+    return desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+                 agents={"addresses": [ALICE, BOB]})
+
+
+def reply_to(received: Received, sender: str, body: str, cc: str = "",
+             subject: str | None = None) -> EmailMessage:
+    """A reply built the way mail clients build it: to Reply-To, threaded, the original quoted."""
+    original = received.message
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = original["Reply-To"]
+    if cc:
+        message["Cc"] = cc
+    message["Subject"] = subject or f"Re: {original['Subject']}"
+    message["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2].strip(">"))
+    message["In-Reply-To"] = original["Message-ID"]
+    message["References"] = f"{original.get('References', '')} {original['Message-ID']}".strip()
+    quoted = "\n".join("> " + line for line in received.text().splitlines())
+    message.set_content(f"{body}\n\nOn Tue, 3 Mar 2026, Example Support wrote:\n{quoted}\n")
+    return message
+
+
+def envelope_to(received: Received) -> list[str]:
+    return [email.utils.parseaddr(received.message["Reply-To"])[1]]
+
+
+def recipients(mails: list[Received]) -> list[str]:
+    return sorted(r for mail in mails for r in mail.rcpt_tos)
+
+
+def test_the_whole_story_reaches_everyone_once(desk: Desk, relay: Relay) -> None:
+    with serving(desk) as port:
+        send(port, request("[S2] Exports are slow", "Exports take ten minutes.",
+                           sender=f"Carol <{CAROL}>", cc=f"{DAVE}, {ERIN}"))
+        first = relay.wait_for(3)
+        relay.settle()
+        assert recipients(relay.received) == sorted([CAROL, DAVE, ERIN, ALICE, BOB])
+        notice = next(m for m in first if m.rcpt_tos == (ALICE,))
+        assert "Exports take ten minutes." in notice.text()
+
+        # Alice answers the notice from her own client: public, she takes the ticket.
+        step = len(relay.received)
+        send(port, reply_to(notice, f"Alice Agent <{ALICE}>", "We are looking into it."),
+             sender=ALICE, recipients=envelope_to(notice))
+        relay.settle()
+        answers = relay.received[step:]
+        assert recipients(answers) == sorted([CAROL, DAVE, ERIN])
+        for mail in answers:
+            assert mail.message["From"].startswith("Alice Agent via Example Support")
+            assert mail.message["In-Reply-To"]
+            assert "We are looking into it." in mail.text()
+        to_dave = next(m for m in answers if m.rcpt_tos == (DAVE,))
+
+        # Dave answers with "reply all" and adds his manager, who got it directly.
+        step = len(relay.received)
+        send(port, reply_to(to_dave, DAVE, "Also happens for PDF exports.", cc=FRANK),
+             sender=DAVE, recipients=envelope_to(to_dave))
+        relay.settle()
+        assert recipients(relay.received[step:]) == sorted([ALICE, CAROL, ERIN])
+
+        # An internal note reaches the agents only.
+        step = len(relay.received)
+        send(port, reply_to(to_dave, ALICE, "#note\nThe export queue is stuck again."),
+             sender=ALICE, recipients=envelope_to(to_dave))
+        relay.settle()
+        assert recipients(relay.received[step:]) == [BOB]
+
+        # Solved: the customers hear of it, and the manager follows now.
+        step = len(relay.received)
+        send(port, reply_to(to_dave, ALICE, "#status solved\nThe queue is running again."),
+             sender=ALICE, recipients=envelope_to(to_dave))
+        relay.settle()
+        solved = relay.received[step:]
+        assert recipients(solved).count(CAROL) == 2  # the reply and the status notice
+        assert sorted(set(recipients(solved))) == sorted([CAROL, DAVE, ERIN, FRANK])
+        assert ALICE not in recipients(solved)
+
+        # The customer answers: the ticket reopens.
+        step = len(relay.received)
+        last = next(m for m in solved if m.rcpt_tos == (CAROL,))
+        send(port, reply_to(last, CAROL, "Still slow for me, sorry."),
+             sender=CAROL, recipients=envelope_to(last))
+        relay.settle()
+        reopened = relay.received[step:]
+        assert CAROL in recipients(reopened)  # the reopened notice only, not her own mail
+        assert sorted(set(recipients(reopened))) == sorted([ALICE, CAROL, DAVE, ERIN, FRANK])
+        assert not any(m.rcpt_tos == (CAROL,) and "Still slow" in m.text() for m in reopened)
+
+    with transaction(desk.engine) as session:
+        ticket = session.exec(select(Ticket)).one()
+        shown = show_ticket(session, ticket.id)
+    assert shown is not None
+    assert shown["status"] == "open"
+    assert shown["assignee"] == ALICE
+    assert FRANK in shown["followers"]
+    kinds = [m["kind"] for m in shown["messages"]]
+    assert kinds == ["request", "reply", "reply", "note", "reply", "reply"]
+    texts = [m["text"] for m in shown["messages"]]
+    assert texts[1] == "We are looking into it."
+    assert texts[2] == "Also happens for PDF exports."
+    assert texts[3] == "The export queue is stuck again."
+    assert "wrote:" in shown["messages"][1]["full_text"]
+    # Every mail we sent threads: one conversation per ticket in every client.
+    for mail in relay.received:
+        assert f"[#{ticket.id}]" in mail.message["Subject"]
+
+
+def test_stranger_with_ticket_number_but_no_token_opens_new_ticket(desk: Desk, relay: Relay) -> None:
+    with serving(desk) as port:
+        send(port, request("Billing question", "How do I pay?", sender=CAROL))
+        relay.wait_for(1)
+        with transaction(desk.engine) as session:
+            number = session.exec(select(Ticket)).one().id
+        assert number is not None
+        forged = f"support+{number}-{'0' * 16}@example.com"
+        send(port, request(f"Re: [#{number}] Billing question", "Let me in",
+                           sender="mallory@evil.test", to=forged), recipients=[forged])
+        send(port, request(f"Re: [#{number}] Billing question", "Me too",
+                           sender="mallory@evil.test"))
+        relay.settle()
+    with transaction(desk.engine) as session:
+        tickets = session.exec(select(Ticket).order_by(Ticket.id)).all()
+        first = show_ticket(session, number)
+    assert len(tickets) == 3
+    assert first is not None and len(first["messages"]) == 1
+    assert "mallory@evil.test" not in first["participants"]
+
+
+def test_colleague_replying_from_another_address_with_the_token_joins(desk: Desk, relay: Relay) -> None:
+    with serving(desk) as port:
+        send(port, request("VPN drops", "Every hour.", sender=CAROL, cc=DAVE))
+        relay.wait_for(1)
+        with transaction(desk.engine) as session:
+            number = session.exec(select(Ticket)).one().id
+        assert number is not None
+        token = f"support+{reply_token(number, desk.settings.support.secret)}@example.com"
+        message = request("Re: VPN drops", "Same here, from my other account.",
+                          sender="dave.private@home.test", to=token)
+        send(port, message, recipients=[token])
+        relay.settle()
+    with transaction(desk.engine) as session:
+        assert len(session.exec(select(Ticket)).all()) == 1
+        shown = show_ticket(session, number)
+    assert shown is not None
+    assert [m["from"] for m in shown["messages"]] == [CAROL, "dave.private@home.test"]
+    assert "dave.private@home.test" in shown["participants"]
+
+
+def test_outlook_reply_without_in_reply_to_joins_by_tag_when_sender_takes_part(
+    desk: Desk, relay: Relay
+) -> None:
+    with serving(desk) as port:
+        send(port, request("Printer offline", "Since noon.", sender=CAROL))
+        relay.wait_for(1)
+        with transaction(desk.engine) as session:
+            number = session.exec(select(Ticket)).one().id
+        send(port, request(f"AW: [#{number}] Printer offline", "Works again, thanks!",
+                           sender=CAROL))
+        relay.settle()
+    with transaction(desk.engine) as session:
+        assert len(session.exec(select(Ticket)).all()) == 1
+        shown = show_ticket(session, number)
+    assert shown is not None
+    assert shown["subject"] == "Printer offline"
+    assert [m["text"] for m in shown["messages"]][-1] == "Works again, thanks!"
+
+
+def test_unfollow_stops_further_mail(desk: Desk, relay: Relay) -> None:
+    with serving(desk) as port:
+        send(port, request("Slow search", "Search takes 30 s.", sender=CAROL, cc=DAVE))
+        first = relay.wait_for(1, where=lambda r: CAROL in r.rcpt_tos)[0]
+        relay.settle()
+        send(port, reply_to(first, DAVE, "#unfollow"), sender=DAVE, recipients=envelope_to(first))
+        relay.settle()
+        step = len(relay.received)
+        send(port, reply_to(first, CAROL, "Any news?"), sender=CAROL, recipients=envelope_to(first))
+        relay.settle()
+        assert DAVE not in recipients(relay.received[step:])
+        assert sorted(recipients(relay.received[step:])) == sorted([ALICE, BOB])
+
+
+def test_bad_agent_command_gets_a_private_error_not_a_public_reply(desk: Desk, relay: Relay) -> None:
+    with serving(desk) as port:
+        send(port, request("Quota", "We hit the quota.", sender=CAROL))
+        notice = relay.wait_for(1, where=lambda r: r.rcpt_tos == (ALICE,))[0]
+        relay.settle()
+        step = len(relay.received)
+        send(port, reply_to(notice, ALICE, "#status finished\nAll done."), sender=ALICE,
+             recipients=envelope_to(notice))
+        relay.settle()
+        after = relay.received[step:]
+    assert recipients(after) == [ALICE]
+    assert "finished" in after[0].text()
