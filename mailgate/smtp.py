@@ -49,7 +49,7 @@ class SupportHandler:
         inbound = Inbound(
             raw=raw,
             route="smtp",
-            envelope_sender=envelope.mail_from or "",
+            envelope_sender=envelope.mail_from or "<>",  # MAIL FROM:<> (a bounce)
             envelope_recipients=tuple(envelope.rcpt_tos),
             authenticated=bool(getattr(session, "authenticated", False)),
         )

@@ -1,0 +1,202 @@
+"""The `mailgate` command as an operator and an MTA run it: config, init, deliver, tickets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Relay, request, send
+from tests.servers import free_port
+
+MAILGATE = [sys.executable, "-m", "mailgate.cli"]
+
+
+def write_config(tmp_path: Path, database_url: str, **extra: str) -> Path:
+    lines = [
+        "[support]",
+        'address = "support@example.com"',
+        'name = "Example Support"',
+        'status_page = "https://status.example.com"',
+        "[database]",
+        f'url = "{database_url}"',
+        "[storage]",
+        f'path = "{tmp_path / "data"}"',
+    ]
+    for section, body in extra.items():
+        lines += [f"[{section}]", body]
+    path = tmp_path / "mailgate.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(config: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    return subprocess.run([*MAILGATE, "--config", str(config), *args], input=stdin,
+                          capture_output=True, timeout=120, env=env, check=False)
+
+
+@pytest.fixture
+def config(tmp_path: Path, database_url: str) -> Path:
+    path = write_config(tmp_path, database_url)
+    assert run(path, "init").returncode == 0
+    return path
+
+
+def test_bad_config_is_refused_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[smtp]\nport = "twenty-five"\n')
+    result = run(path, "serve")
+    assert result.returncode == 78
+    assert b"smtp.port" in result.stderr
+    path.write_text('[support]\nadress = "x@y.z"\n')
+    result = run(path, "serve")
+    assert result.returncode == 78
+    assert b"support.adress: unknown key" in result.stderr
+
+
+def test_serve_refuses_a_database_without_schema(tmp_path: Path) -> None:
+    path = write_config(tmp_path, f"sqlite:///{tmp_path / 'fresh.sqlite3'}")
+    result = run(path, "serve")
+    assert result.returncode == 78
+    assert b"mailgate init" in result.stderr
+
+
+def test_deliver_stores_and_tickets_list_shows_it(config: Path) -> None:
+    raw = request("[S2] Exports broken", "CSV exports fail.", cc="dave@customer.test").as_bytes()
+    result = run(config, "deliver", "--recipient", "support@example.com",
+                 "--sender", "carol@customer.test", stdin=raw)
+    assert result.returncode == 0, result.stderr
+    again = run(config, "deliver", "--recipient", "support@example.com", stdin=raw)
+    assert again.returncode == 0
+    assert b"duplicate" in again.stderr
+    listed = json.loads(run(config, "tickets", "list", "--json").stdout)
+    assert len(listed) == 1
+    ticket = listed[0]
+    assert ticket["subject"] == "Exports broken"
+    assert ticket["severity"] == "S2"
+    assert ticket["status"] == "open"
+    assert ticket["requester"] == "carol@customer.test"
+    assert set(ticket["participants"]) == {"carol@customer.test", "dave@customer.test"}
+    assert ticket["created_at"]
+    shown = json.loads(run(config, "tickets", "show", str(ticket["number"]), "--json").stdout)
+    assert shown["messages"][0]["from"] == "carol@customer.test"
+    assert shown["messages"][0]["kind"] == "request"
+    assert "CSV exports fail." in shown["messages"][0]["text"]
+    plain = run(config, "tickets", "show", str(ticket["number"])).stdout.decode()
+    assert "Exports broken" in plain and "CSV exports fail." in plain
+
+
+def test_deliver_exit_codes(config: Path, tmp_path: Path) -> None:
+    raw = request("Hello", "Hi").as_bytes()
+    assert run(config, "deliver", "--recipient", "someone@elsewhere.test", stdin=raw).returncode == 67
+    assert run(config, "deliver", stdin=b"").returncode == 65
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[smtp\n")
+    assert run(broken, "deliver", stdin=raw).returncode == 78
+
+
+def test_deliver_answers_75_when_the_database_cannot_be_written(tmp_path: Path) -> None:
+    database = tmp_path / "db.sqlite3"
+    config = write_config(tmp_path, f"sqlite:///{database}")
+    assert run(config, "init").returncode == 0
+    database.chmod(0o444)
+    (tmp_path / "db.sqlite3-wal").touch()
+    (tmp_path / "db.sqlite3-wal").chmod(0o444)
+    try:
+        if os.geteuid() == 0:
+            # root writes through file modes: take the write away another way.
+            database.chmod(0o644)
+            os.rename(database, tmp_path / "moved.sqlite3")
+            database.mkdir()  # the database path is now a folder: nothing can be written
+        result = run(config, "deliver", stdin=request("Lost?", "no").as_bytes())
+    finally:
+        if database.is_dir():
+            database.rmdir()
+    assert result.returncode == 75, result.stderr
+
+
+def test_inbound_list_shows_classified_mail(config: Path) -> None:
+    raw = request("Out of office", "I am away.", Auto_Submitted="auto-replied").as_bytes()
+    assert run(config, "deliver", stdin=raw).returncode == 0
+    records = json.loads(run(config, "inbound", "list", "--json").stdout)
+    assert [r["kind"] for r in records] == ["auto_reply"]
+    assert json.loads(run(config, "tickets", "list", "--json").stdout) == []
+
+
+def test_agents_add_makes_an_agent(config: Path) -> None:
+    assert run(config, "agents", "add", "Alice@Example.com", "--name", "Alice").returncode == 0
+    agents = json.loads(run(config, "agents", "list", "--json").stdout)
+    assert [(a["address"], a["name"]) for a in agents] == [("alice@example.com", "Alice")]
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    with Relay() as relay:
+        yield relay
+
+
+@contextmanager
+def serving_process(config: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`mailgate serve` as its own process, its log in a file beside the config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    with open(config.with_suffix(".log"), "ab") as log, subprocess.Popen(
+        [*MAILGATE, "--config", str(config), "serve"],
+        stdout=subprocess.PIPE, stderr=log, env=env,
+    ) as process:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert b"listening" in line, config.with_suffix(".log").read_text()
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(20)
+
+
+def test_killed_between_250_and_send_the_confirmation_goes_out_once(
+    tmp_path: Path, database_url: str, relay: Relay
+) -> None:
+    port = free_port()
+    dead_relay = free_port()  # nothing listens here yet: the first sends fail
+    config = write_config(tmp_path, database_url, smtp=f"port = {port}",
+                          outbound=f'relay = "127.0.0.1:{dead_relay}"\nretry_base = 0.2\nlease = 2')
+    assert run(config, "init").returncode == 0
+    with serving_process(config) as first:
+        send(port, request("[S3] Kill me", "Between the 250 and the send."))
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    outbox = json.loads(run(config, "outbox", "list", "--json").stdout)
+    assert [o["status"] for o in outbox] == ["pending"]
+    # Restart, now with a relay that answers.
+    config.write_text(config.read_text().replace(f"127.0.0.1:{dead_relay}", relay.address))
+    with serving_process(config) as second:
+        relay.wait_for(1, timeout=20)
+        time.sleep(1.5)  # would a second copy come? the lease and retries are short here
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20) == 0
+    assert len(relay.received) == 1
+    assert relay.received[0].message["Subject"].endswith("] Kill me")
+    outbox = json.loads(run(config, "outbox", "list", "--json").stdout)
+    assert [o["status"] for o in outbox] == ["sent"]
+
+
+def test_sigterm_stops_serve_cleanly(tmp_path: Path, database_url: str) -> None:
+    port = free_port()
+    config = write_config(tmp_path, database_url, smtp=f"port = {port}")
+    assert run(config, "init").returncode == 0
+    with serving_process(config) as process:
+        send(port, request("Before stop", "hello"))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    listed = json.loads(run(config, "tickets", "list", "--json").stdout)
+    assert [t["subject"] for t in listed] == ["Before stop"]

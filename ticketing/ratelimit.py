@@ -1,0 +1,113 @@
+"""Rate limits on the mail the system sends on its own account (RFC 3834 section 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime, timedelta
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from ticketing.addresses import is_machine_address, normalize
+from ticketing.models import Account, AutoReplyLog
+from ticketing.settings import LimitSettings
+
+WINDOW = timedelta(hours=1)
+
+
+def _sent_since(session: Session, since: datetime, *conditions: object) -> int:
+    query = select(func.count()).select_from(AutoReplyLog).where(AutoReplyLog.sent_at > since)
+    for condition in conditions:
+        query = query.where(condition)  # type: ignore[arg-type]
+    return int(session.exec(query).one())
+
+
+def _account(session: Session, address: str) -> Account | None:
+    return session.exec(select(Account).where(Account.address == address)).first()
+
+
+def may_auto_reply(
+    session: Session,
+    limits: LimitSettings,
+    recipient: str,
+    ticket_id: int | None,
+    now: datetime,
+    own_addresses: Collection[str] = (),
+) -> bool:
+    """Whether one more automatic mail may go to this address now (each limit 0 = off).
+
+    The windows slide: each counts what went out in the hour before `now`.
+    """
+    address = normalize(recipient)
+    if not address or is_machine_address(address):
+        # RFC 3834 2: never answer an address no person reads (noreply,
+        # mailer-daemon, list robots): that is how mail loops start.
+        return False
+    if address in {normalize(a) for a in own_addresses}:
+        return False
+    account = _account(session, address)
+    if account is not None and account.bouncing_since is not None:
+        return False
+    since = now - WINDOW
+    if limits.per_recipient_per_hour and _sent_since(
+        session, since, AutoReplyLog.recipient == address
+    ) >= limits.per_recipient_per_hour:
+        return False
+    if (
+        ticket_id is not None
+        and limits.per_ticket_recipient_per_hour
+        and _sent_since(
+            session, since, AutoReplyLog.recipient == address, AutoReplyLog.ticket_id == ticket_id
+        )
+        >= limits.per_ticket_recipient_per_hour
+    ):
+        return False
+    return not (
+        limits.overall_per_hour and _sent_since(session, since) >= limits.overall_per_hour
+    )
+
+
+def record_auto_reply(
+    session: Session, recipient: str, ticket_id: int | None, kind: str, now: datetime
+) -> None:
+    """Count one automatic mail against the windows; written with the outbox row it goes with."""
+    address = normalize(recipient) or recipient.strip().lower()[:320]
+    session.add(AutoReplyLog(recipient=address, ticket_id=ticket_id, kind=kind[:32], sent_at=now))
+    session.flush()
+
+
+def mark_bouncing(session: Session, address: str, detail: str, now: datetime) -> None:
+    """Stop automatic mail to an address until an operator clears it; keeps the first date."""
+    address = normalize(address)
+    if not address:
+        return
+    account = _account(session, address)
+    if account is None:
+        # Another process may create the same account at the same moment: try in
+        # a savepoint, and on a clash use the row it made.
+        try:
+            with session.begin_nested():
+                account = Account(address=address, created_at=now)
+                session.add(account)
+        except IntegrityError:
+            account = _account(session, address)
+            if account is None:
+                raise
+    if account.bouncing_since is None:
+        account.bouncing_since = now
+    account.bounce_detail = " ".join(detail.split())[:2000]
+    session.add(account)
+    session.flush()
+
+
+def clear_bouncing(session: Session, address: str) -> bool:
+    """Let mail go to the address again; False when it was not marked."""
+    account = _account(session, normalize(address))
+    if account is None or account.bouncing_since is None:
+        return False
+    account.bouncing_since = None
+    account.bounce_detail = ""
+    session.add(account)
+    session.flush()
+    return True
