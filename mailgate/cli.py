@@ -115,9 +115,14 @@ def cmd_fetch(settings: Settings, args: argparse.Namespace) -> int:
     desk = _desk(settings)
     fetchers = [ImapFetcher(box, desk.engine, desk.ingest, desk.clock) for box in settings.imap]
     if args.once:
-        total = sum(f.fetch_once() for f in fetchers)
+        total = 0
+        for fetcher in fetchers:
+            try:
+                total += fetcher.fetch_once()
+            finally:
+                fetcher.close()
         print(f"mailgate fetch: {total} message(s) ingested")
-        return 0
+        return 1 if any(f.storage_fault for f in fetchers) else 0
 
     async def run() -> None:
         import signal

@@ -120,3 +120,6 @@ def desks(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Desk]]:
     yield make
     for desk in made:
         desk.engine.dispose()
+
+
+from tests.dovecot import dovecot_server  # noqa: E402, F401  (the `dovecot` fixture)

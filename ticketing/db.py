@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,9 +48,30 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+_WRITERS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def _one_writer(engine: Engine) -> Iterator[None]:
+    """SQLite takes one writer at a time, and a waiting writer sleeps in steps of up to
+    100 ms: queue this process's transactions on a lock instead, which wakes at once."""
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    lock = _WRITERS.setdefault(engine, threading.Lock())
+    with lock:
+        yield
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """The only place that commits: everything done in the block lands together or not at all."""
+    with _one_writer(engine), _session(engine) as session:
+        yield session
+
+
+@contextmanager
+def _session(engine: Engine) -> Iterator[Session]:
     session = Session(engine, expire_on_commit=False)
     try:
         yield session

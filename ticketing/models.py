@@ -149,7 +149,7 @@ class Page(SQLModel, table=True):
     action: str = Field(default="trigger", max_length=16)
     dedup_key: str = Field(max_length=200)
     payload: str = Field(sa_column=Column(Text, nullable=False))
-    status: str = Field(default="pending", max_length=16)  # pending | delivered | gave_up
+    status: str = Field(default="pending", max_length=16)  # pending | delivered | gave_up | skipped
     attempts: int = 0
     next_attempt_at: datetime
     give_up_at: datetime

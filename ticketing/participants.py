@@ -13,11 +13,15 @@ from ticketing.settings import Settings
 
 
 def agent_addresses(session: Session, settings: Settings) -> dict[str, str]:
-    """Agent address -> name, from the config and the agents table."""
+    """Agent address -> name, from the config and the agents table (read once a transaction)."""
+    cached = session.info.get("agents")
+    if cached is not None:
+        return dict(cached)
     agents = {address.lower(): "" for address in settings.agents.addresses}
     for agent in session.exec(select(Agent)).all():
         agents[agent.address] = agent.name
-    return agents
+    session.info["agents"] = agents
+    return dict(agents)
 
 
 def active_participants(session: Session, ticket: Ticket) -> list[Participant]:

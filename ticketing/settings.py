@@ -350,6 +350,8 @@ def _check_hours(hours: HoursSettings) -> None:
         hh, _, mm = value.partition(":")
         if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
             raise ConfigError(f"hours.{name}: expected HH:MM, got {value!r}")
+    if not hours.days:
+        raise ConfigError("hours.days: name at least one working day")
     for day in hours.days:
         if day not in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"):
             raise ConfigError(f"hours.days: unknown day {day!r}")

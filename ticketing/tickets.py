@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ticketing import notifications, oncall
 from ticketing.addresses import Address, normalize
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
 from ticketing.conversation import clean_subject, find_ticket, is_ours
 from ticketing.inbound import Inbound, Outcome
-from ticketing.models import Account, Attachment, Message, Page, ThreadRef, Ticket
+from ticketing.models import Account, Attachment, Message, Outbox, Page, ThreadRef, Ticket
 from ticketing.parse import ParsedMail
 from ticketing.participants import add_participants, agent_addresses, unfollow
 from ticketing.quotes import cut_reply
@@ -84,14 +86,31 @@ def file_classified(
     """Auto-replies, bounces, list mail, our own echo: stored and classified, never answered."""
     sender = mail.sender.address if mail.sender else ""
     match = find_ticket(session, mail, inbound, desk.settings, sender)
+    ticket = match.ticket if match else None
+    returned = _returned_mail(session, inbound.raw, desk.settings.support.domain)
+    if ticket is None and returned is not None and returned.ticket_id is not None:
+        ticket = session.get(Ticket, returned.ticket_id)
     message.kind = verdict.kind
     message.detail = f"{verdict.rule}: {verdict.reason}"[:2000]
-    _save(session, message, files, match.ticket if match else None)
-    if verdict.kind == "bounce" and verdict.permanent:
+    _save(session, message, files, ticket)
+    # Only a bounce of mail we really sent marks its recipients: a forged report
+    # naming someone else's address must not stop their mail.
+    if verdict.kind == "bounce" and verdict.permanent and returned is not None:
+        sent_to = set(json.loads(returned.recipients))
         for address in verdict.failed_recipients:
-            mark_bouncing(session, address, verdict.reason, desk.clock.now())
-    ticket = match.ticket.id if match else None
-    return Outcome("classified", ticket, message.id, f"{verdict.kind} ({verdict.rule})")
+            if address.lower() in sent_to:
+                mark_bouncing(session, address.lower(), verdict.reason, desk.clock.now())
+    number = ticket.id if ticket else None
+    return Outcome("classified", number, message.id, f"{verdict.kind} ({verdict.rule})")
+
+
+def _returned_mail(session: Session, raw: bytes, domain: str) -> Outbox | None:
+    """The mail of ours that a bounce or auto-reply returns, found by its Message-ID."""
+    pattern = rb"mailgate\.[0-9a-f]{32}@" + re.escape(domain.encode())
+    found = list(dict.fromkeys(m.decode() for m in re.findall(pattern, raw, re.IGNORECASE)))
+    if not found:
+        return None
+    return session.exec(select(Outbox).where(col(Outbox.message_id).in_(found[:20]))).first()
 
 
 def open_or_hold(
@@ -178,6 +197,21 @@ def _escalate_if_due(
     return list(oncall.escalate(session, ticket, settings, now, reason))
 
 
+def _escalation(session: Session, desk: Desk, ticket: Ticket, severity: Severity, status: str) -> None:
+    """Page when a change makes the ticket call for it; close the page when it no longer does."""
+    now = desk.clock.now()
+    settings = desk.settings
+    due = oncall.should_page(Severity(ticket.severity), now, settings.oncall, settings.hours)
+    reopened = status in ("solved", "closed") and ticket.status not in ("solved", "closed")
+    if reopened and due:
+        oncall.escalate(session, ticket, settings, now, "reopened")
+    elif due:
+        _escalate_if_due(session, desk, ticket, severity, "severity raised")
+    elif severity != ticket.severity and oncall.should_page(severity, now, settings.oncall,
+                                                            settings.hours):
+        oncall.resolve(session, ticket, settings, now)  # lowered below the paging policy
+
+
 def file_reply(
     session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, message: Message,
     files: list[StoredFile],
@@ -226,10 +260,10 @@ def file_reply(
             session.add(ticket)
             return Outcome("reply", ticket.id, message.id, "unfollowed")
     _join(session, desk, ticket, mail, sender, is_agent, agents, now)
-    before = Severity(ticket.severity)
+    before = Severity(ticket.severity), ticket.status
     _apply(session, desk, ticket, commands, sender.address, is_agent, mail, now)
     session.add(ticket)
-    _escalate_if_due(session, desk, ticket, before, "severity raised")
+    _escalation(session, desk, ticket, *before)
     reached = {a.address for a in (*mail.to, *mail.cc)}
     notifications.fan_out(session, desk, ticket, message, now, author_is_agent=is_agent,
                           already_reached=reached, note=commands.note)

@@ -1,0 +1,450 @@
+"""Deliver due pages to the on-call hooks: claim, call the hook outside a transaction, record."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import http.client
+import json
+import logging
+import os
+import random
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import Message
+from email.utils import parsedate_to_datetime
+from typing import IO, Any, Protocol
+
+from sqlalchemy import Engine, exists, or_, update
+from sqlmodel import Session, col, select
+
+from ticketing.clock import Clock
+from ticketing.db import StorageError, transaction
+from ticketing.models import Page, PageAttempt
+from ticketing.settings import OncallSettings, Settings
+
+log = logging.getLogger(__name__)
+
+HTTP_TIMEOUT = 10.0
+BACKOFF_BASE = 15.0  # seconds before the second attempt
+BACKOFF_CAP = 600.0  # a page is urgent: never wait longer than this between attempts
+JITTER = 0.25  # up to a quarter more, so workers that failed together do not retry together
+DETAIL_LIMIT = 300
+BATCH = 100
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one call to a hook gave: accepted, worth another try, or refused for good."""
+
+    ok: bool
+    detail: str
+    retry: bool = False
+    retry_after: str = ""  # the Retry-After header as sent: seconds or an HTTP date
+
+
+class Hook(Protocol):
+    """A hook kind: hands one page body to the on-call service."""
+
+    def send(self, body: bytes) -> Outcome: ...
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The X-Mailgate-Signature value: the body's HMAC-SHA256 under the hook secret."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # A POST that is redirected is a wrong URL in the config: report it, do not follow it.
+    def redirect_request(
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+        headers: Message, newurl: str,
+    ) -> urllib.request.Request | None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def _excerpt(data: bytes) -> str:
+    return data[:DETAIL_LIMIT].decode("utf-8", "replace").strip()
+
+
+def post_json(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> Outcome:
+    """POST a JSON body; 2xx is accepted, 429 and 5xx are temporary, anything else is final."""
+    if not url.lower().startswith(("http://", "https://")):
+        return Outcome(False, f"not an http(s) URL: {url!r}")
+    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "mailgate", **headers},
+    )
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            status = int(response.status)
+            response.read(DETAIL_LIMIT)
+    except urllib.error.HTTPError as exc:
+        try:
+            text = _excerpt(exc.read())
+        except (OSError, http.client.HTTPException):
+            text = ""
+        finally:
+            exc.close()
+        detail = f"HTTP {exc.code}" + (f": {text}" if text else "")
+        if exc.code == 429 or exc.code >= 500:
+            retry_after = exc.headers.get("Retry-After", "")
+            return Outcome(False, detail, retry=True, retry_after=retry_after)
+        return Outcome(False, detail)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        return Outcome(False, f"connection error: {reason}", retry=True)
+    if 200 <= status < 300:
+        return Outcome(True, f"HTTP {status}")
+    return Outcome(False, f"HTTP {status}")
+
+
+@dataclass(frozen=True)
+class WebhookSender:
+    url: str
+    secret: str
+    timeout: float = HTTP_TIMEOUT
+
+    def send(self, body: bytes) -> Outcome:
+        headers = {"X-Mailgate-Signature": signature(self.secret, body)}
+        return post_json(self.url, body, headers, self.timeout)
+
+
+@dataclass(frozen=True)
+class PagerDutySender:
+    """The Events API v2: the routing key travels in the body, so no header is needed."""
+
+    url: str
+    timeout: float = HTTP_TIMEOUT
+
+    def send(self, body: bytes) -> Outcome:
+        return post_json(self.url, body, {}, self.timeout)
+
+
+@dataclass(frozen=True)
+class CommandSender:
+    """A program given the JSON on stdin; exit status 0 means the page was taken."""
+
+    argv: tuple[str, ...]
+    timeout: float
+
+    def send(self, body: bytes) -> Outcome:
+        try:
+            done = subprocess.run(
+                self.argv, input=body, capture_output=True, timeout=self.timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return Outcome(False, f"{self.argv[0]} ran past {self.timeout:g}s", retry=True)
+        except OSError as exc:
+            return Outcome(False, f"could not run {self.argv[0]}: {exc}", retry=True)
+        if done.returncode == 0:
+            return Outcome(True, "exit 0")
+        text = _excerpt(done.stderr[-DETAIL_LIMIT:])
+        return Outcome(False, f"exit {done.returncode}" + (f": {text}" if text else ""), retry=True)
+
+
+def hooks_for(oncall: OncallSettings) -> dict[str, Hook]:
+    """The configured hooks by the name their page rows carry."""
+    hooks: dict[str, Hook] = {}
+    if oncall.webhook is not None:
+        hooks["webhook"] = WebhookSender(oncall.webhook.url, oncall.webhook.secret)
+    if oncall.pagerduty is not None:
+        hooks["pagerduty"] = PagerDutySender(oncall.pagerduty.url)
+    if oncall.command is not None:
+        hooks["command"] = CommandSender(oncall.command.argv, oncall.command.timeout)
+    return hooks
+
+
+def backoff(attempts: int, rng: random.Random) -> float:
+    """Seconds to wait after the attempts-th failure: doubling from BACKOFF_BASE, with jitter."""
+    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** max(0, attempts - 1))
+    return delay * (1 + JITTER * rng.random())
+
+
+def retry_after_seconds(value: str, now: datetime) -> float | None:
+    """RFC 9110 section 10.2.3: delay-seconds or an HTTP-date."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - now).total_seconds())
+
+
+def _lease(settings: Settings) -> timedelta:
+    # Long enough for the slowest hook to answer; a worker that dies holding a claim
+    # loses it when the lease runs out and another worker takes the page.
+    longest = HTTP_TIMEOUT
+    if settings.oncall.command is not None:
+        longest = max(longest, float(settings.oncall.command.timeout))
+    return timedelta(seconds=longest + 60)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: int
+    ticket_id: int
+    hook: str
+    action: str
+    payload: str
+
+
+def _claimable(now: datetime) -> list[Any]:
+    earlier = Page.__table__.alias("earlier")  # type: ignore[attr-defined]
+    # A resolve waits for its trigger, so PagerDuty never sees them out of order.
+    trigger_pending = exists().where(
+        earlier.c.dedup_key == col(Page.dedup_key),
+        earlier.c.hook == col(Page.hook),
+        earlier.c.action == "trigger",
+        earlier.c.status == "pending",
+    )
+    return [
+        col(Page.status) == "pending",
+        col(Page.next_attempt_at) <= now,
+        or_(col(Page.claimed_until).is_(None), col(Page.claimed_until) <= now),
+        or_(col(Page.action) == "trigger", ~trigger_pending),
+    ]
+
+
+def _claim_next(
+    engine: Engine, now: datetime, worker: str, lease: timedelta, seen: set[int]
+) -> _Claimed | None:
+    """Take one due page for this worker, or None when nothing is due.
+
+    The UPDATE repeats the conditions, so of several workers that saw the same row
+    only the one whose UPDATE matched it owns it until claimed_until.
+    """
+    with transaction(engine) as session:
+        query = (
+            select(Page.id)
+            .where(*_claimable(now))
+            .order_by(col(Page.next_attempt_at), col(Page.id))
+            .limit(10)
+        )
+        if seen:
+            query = query.where(col(Page.id).not_in(seen))
+        for page_id in session.exec(query).all():
+            if page_id is None:
+                continue
+            claimed = session.exec(
+                update(Page)
+                .where(col(Page.id) == page_id, *_claimable(now))
+                .values(claimed_by=worker, claimed_until=now + lease)
+            )
+            if claimed.rowcount == 1:
+                page = session.get_one(Page, page_id)
+                assert page.id is not None
+                return _Claimed(page.id, page.ticket_id, page.hook, page.action, page.payload)
+            seen.add(page_id)
+    return None
+
+
+def _record(
+    engine: Engine, claimed: _Claimed, worker: str, outcome: Outcome, now: datetime,
+    rng: random.Random,
+) -> None:
+    with transaction(engine) as session:
+        page = session.get_one(Page, claimed.id, with_for_update=True)
+        session.add(PageAttempt(page_id=claimed.id, at=now, ok=outcome.ok, detail=outcome.detail))
+        page.attempts += 1
+        label = f"[#{page.ticket_id}] page {page.id} ({page.hook} {page.action})"
+        if page.status != "pending":
+            log.warning("%s: answered %s after it was already %s", label, outcome.detail,
+                        page.status)
+            return
+        if outcome.ok:
+            page.status, page.delivered_at, page.last_error = "delivered", now, ""
+            page.claimed_by, page.claimed_until = "", None
+            log.info("%s delivered on attempt %d: %s", label, page.attempts, outcome.detail)
+            return
+        if page.claimed_by != worker:
+            # Our claim ran out and another worker holds the page now: its answer decides.
+            log.warning("%s: %s, and the claim has passed to %s", label, outcome.detail,
+                        page.claimed_by)
+            return
+        page.claimed_by, page.claimed_until, page.last_error = "", None, outcome.detail
+        if not outcome.retry or now >= page.give_up_at:
+            page.status = "gave_up"
+            what = "ON-CALL NOT PAGED" if page.action == "trigger" else "PAGE NOT RESOLVED"
+            why = "refused" if not outcome.retry else "still failing at the give-up time"
+            log.error("[#%d] %s: page %d to the %s hook gave up after %d attempts, %s: %s",
+                      page.ticket_id, what, page.id, page.hook, page.attempts, why,
+                      outcome.detail)
+            return
+        delay = backoff(page.attempts, rng)
+        asked = retry_after_seconds(outcome.retry_after, now)
+        if asked is not None:
+            delay = max(1.0, asked)
+        page.next_attempt_at = min(now + timedelta(seconds=delay), page.give_up_at)
+        log.warning("%s attempt %d failed (%s); next at %s", label, page.attempts,
+                    outcome.detail, page.next_attempt_at.isoformat())
+
+
+def deliver_due_pages(
+    engine: Engine,
+    settings: Settings,
+    clock: Clock,
+    worker: str,
+    *,
+    hooks: Mapping[str, Hook] | None = None,
+    rng: random.Random | None = None,
+    limit: int = BATCH,
+) -> int:
+    """One pass over the due pages, each tried once; returns how many were tried.
+
+    No transaction is open while a hook is called: the claim and the record are
+    their own short transactions.
+    """
+    hooks = hooks_for(settings.oncall) if hooks is None else hooks
+    rng = rng or random.Random()
+    worker = worker[:100]  # the width of Page.claimed_by
+    lease = _lease(settings)
+    seen: set[int] = set()
+    tried = 0
+    while tried < limit:
+        claimed = _claim_next(engine, clock.now(), worker, lease, seen)
+        if claimed is None:
+            break
+        seen.add(claimed.id)
+        hook = hooks.get(claimed.hook)
+        if hook is None:
+            outcome = Outcome(False, f"the {claimed.hook} hook is no longer configured")
+        else:
+            try:
+                outcome = hook.send(claimed.payload.encode("utf-8"))
+            except Exception as exc:  # a broken hook must not leave the page claimed
+                log.exception("[#%d] page %d: the %s hook failed", claimed.ticket_id,
+                              claimed.id, claimed.hook)
+                outcome = Outcome(False, f"{type(exc).__name__}: {exc}", retry=True)
+        _record(engine, claimed, worker, outcome, clock.now(), rng)
+        tried += 1
+    return tried
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def run_paging(
+    engine: Engine,
+    settings: Settings,
+    clock: Clock,
+    stop: asyncio.Event,
+    wake: asyncio.Event,
+    *,
+    worker: str | None = None,
+    interval: float = 5.0,
+) -> None:
+    """Deliver pages until stop is set; wake (set after a commit that paged) starts a pass now."""
+    name = worker or worker_name()
+    while not stop.is_set():
+        wake.clear()
+        try:
+            await asyncio.to_thread(deliver_due_pages, engine, settings, clock, name)
+        except StorageError as exc:
+            log.warning("paging worker: the database is not answering: %s", exc)
+        except Exception:
+            log.exception("paging worker: a pass failed")
+        waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+        _, pending = await asyncio.wait(
+            waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+def retry_page(
+    engine: Engine, page_id: int, now: datetime, window: timedelta | None = None
+) -> int:
+    """Operator: make a waiting or given-up page due now; returns 1, or 0 when there is none.
+
+    With a window the page gets that long again before it gives up; without one it
+    gets at least this one more attempt.
+    """
+    with transaction(engine) as session:
+        page = session.get(Page, page_id)
+        if page is None or page.status not in ("pending", "gave_up"):
+            return 0
+        page.status, page.next_attempt_at = "pending", now
+        page.claimed_by, page.claimed_until = "", None
+        page.give_up_at = now + window if window is not None else max(page.give_up_at, now)
+        session.add(page)
+        log.info("[#%d] page %d (%s %s) due again by operator", page.ticket_id, page.id,
+                 page.hook, page.action)
+        return 1
+
+
+def _masked(payload: str) -> Any:
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return payload
+    if isinstance(body, dict) and body.get("routing_key"):
+        key = str(body["routing_key"])
+        body["routing_key"] = "…" + key[-4:] if len(key) > 8 else "…"
+    return body
+
+
+def _stamp(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def list_pages(session: Session, ticket_id: int | None = None) -> list[dict[str, Any]]:
+    """Every page, oldest first, for `mailgate pages list --json`.
+
+    "attempts" counts the tries and "history" lists each one (when, accepted, what
+    the hook answered). The PagerDuty routing key shows its last four characters only.
+    """
+    query = select(Page).order_by(col(Page.id))
+    if ticket_id is not None:
+        query = query.where(Page.ticket_id == ticket_id)
+    pages = session.exec(query).all()
+    history: dict[int, list[dict[str, Any]]] = {}
+    ids = [page.id for page in pages if page.id is not None]
+    if ids:
+        rows = session.exec(
+            select(PageAttempt).where(col(PageAttempt.page_id).in_(ids)).order_by(
+                col(PageAttempt.id)
+            )
+        ).all()
+        for attempt in rows:
+            history.setdefault(attempt.page_id, []).append(
+                {"at": _stamp(attempt.at), "ok": attempt.ok, "detail": attempt.detail}
+            )
+    return [
+        {
+            "id": page.id,
+            "ticket": page.ticket_id,
+            "hook": page.hook,
+            "action": page.action,
+            "dedup_key": page.dedup_key,
+            "status": page.status,
+            "attempts": page.attempts,
+            "created_at": _stamp(page.created_at),
+            "next_attempt_at": _stamp(page.next_attempt_at),
+            "give_up_at": _stamp(page.give_up_at),
+            "delivered_at": _stamp(page.delivered_at),
+            "last_error": page.last_error,
+            "payload": _masked(page.payload),
+            "history": history.get(page.id or 0, []),
+        }
+        for page in pages
+    ]
