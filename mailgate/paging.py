@@ -166,9 +166,9 @@ def hooks_for(oncall: OncallSettings) -> dict[str, Hook]:
     return hooks
 
 
-def backoff(attempts: int, rng: random.Random) -> float:
-    """Seconds to wait after the attempts-th failure: doubling from BACKOFF_BASE, with jitter."""
-    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** max(0, attempts - 1))
+def backoff(attempts: int, rng: random.Random, base: float = BACKOFF_BASE) -> float:
+    """Seconds to wait after the attempts-th failure: doubling from the base, with jitter."""
+    delay = min(BACKOFF_CAP, base * 2.0 ** max(0, attempts - 1))
     return delay * (1 + JITTER * rng.random())
 
 
@@ -288,7 +288,7 @@ def _record(
                       page.ticket_id, what, page.id, page.hook, page.attempts, why,
                       outcome.detail)
             return
-        delay = backoff(page.attempts, rng)
+        delay = backoff(page.attempts, rng, settings.oncall.retry_base)
         asked = retry_after_seconds(outcome.retry_after, now)
         if asked is not None:
             delay = max(1.0, asked)

@@ -69,6 +69,11 @@ class SupportHandler:
 class GuardedSMTP(SMTP):
     """aiosmtpd's SMTP with a cap on concurrent connections per client address."""
 
+    # RFC 5321 allows 1,000 octets a line, but real senders write longer (HTML on one
+    # line, giant headers); refusing them would lose real requests. Memory stays bounded
+    # by this and by the message size limit.
+    line_length_limit = 4 * 1024 * 1024
+
     def __init__(self, *args: Any, per_client: Counter[str], limit: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._per_client = per_client

@@ -173,7 +173,9 @@ def announce_new_ticket(
         mail = compose(
             desk.settings,
             to=[Address(agent)],
-            subject=f"{subject_tag(ticket.id)} [{severity.label}] {ticket.subject}",
+            # The level in words, not as a tag: a reply keeping this subject must not
+            # set the severity back.
+            subject=f"{subject_tag(ticket.id)} {ticket.subject} ({severity.label} {severity.word})",
             text=text,
             html=html,
             now=now,

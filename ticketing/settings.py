@@ -109,6 +109,7 @@ class OncallSettings:
     page_on: tuple[str, ...] = ("S0",)
     s1_outside_hours: bool = False
     give_up_after: int = 3600
+    retry_base: float = 15.0  # seconds before the second attempt, doubling after
     webhook: WebhookHook | None = None
     pagerduty: PagerDutyHook | None = None
     command: CommandHook | None = None

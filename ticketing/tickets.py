@@ -306,6 +306,17 @@ def _apply(
             notifications.status_notice(session, desk, ticket, notice, now)
     severity = commands.severity
     if severity is None and not commands.note:
-        severity = severity_in(mail.subject)
+        # A tag counts when the writer put it there, not when it is the opening mail's
+        # tag carried along in "Re: [S2] ..." after an agent changed the severity.
+        tagged = severity_in(mail.subject)
+        if tagged is not None and tagged != _opening_tag(session, ticket):
+            severity = tagged
     if severity is not None:
         ticket.severity = int(severity)
+
+
+def _opening_tag(session: Session, ticket: Ticket) -> Severity | None:
+    first = session.exec(
+        select(Message.subject).where(Message.ticket_id == ticket.id).order_by(col(Message.id)).limit(1)
+    ).first()
+    return severity_in(first) if first else None

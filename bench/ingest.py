@@ -1,0 +1,185 @@
+"""Ingest throughput and latency over SMTP: mailgate serve beside the bare-SQLite floor.
+
+    .venv/bin/python bench/ingest.py [--messages 2000] [--connections 4] [--offered 100]
+
+Starts `mailgate serve` (SQLite, WAL, synchronous=FULL, confirmations sent to a relay
+sink) and the floor server (bench/floor_server.py) on loopback, sends the same small
+requests to each over K smtplib connections, and prints mails per second, p50/p99 time
+to the 250 reply, and mailgate's rate as a ratio of the floor. A second pass offers a
+fixed rate (--offered mails/s) to mailgate and reports the latency at that load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.policy
+import email.utils
+import os
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_request(i: int) -> bytes:
+    message = EmailMessage()
+    message["From"] = f"Customer {i % 50} <customer{i % 50}@bench.test>"
+    message["To"] = "support@example.com"
+    message["Cc"] = "colleague@bench.test"
+    message["Subject"] = f"[S{i % 3 + 1}] Request number {i}"
+    message["Message-ID"] = email.utils.make_msgid(idstring=str(i), domain="bench.test")
+    message["Date"] = email.utils.formatdate()
+    message.set_content(f"Request {i}.\n" + "Something is not working as it should.\n" * 20)
+    return message.as_bytes(policy=email.policy.SMTP)
+
+
+def wait_listening(process: subprocess.Popen[bytes]) -> None:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        raise RuntimeError("server did not start")
+
+
+def run_load(port: int, messages: list[bytes], connections: int,
+             offered: float | None = None) -> tuple[float, list[float]]:
+    """Send all messages over K connections; returns (elapsed seconds, latencies)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    start = time.perf_counter()
+
+    def worker(k: int) -> None:
+        mine = messages[k::connections]
+        local: list[float] = []
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            for n, raw in enumerate(mine):
+                if offered:
+                    due = start + (n * connections + k) / offered
+                    pause = due - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                t0 = time.perf_counter()
+                client.sendmail("customer@bench.test", ["support@example.com"], raw)
+                local.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(local)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start, latencies
+
+
+def report(name: str, count: int, elapsed: float, latencies: list[float]) -> float:
+    rate = count / elapsed
+    q = statistics.quantiles(latencies, n=100)
+    print(f"{name:<34} {rate:8.1f} mails/s   p50 {q[49] * 1000:6.1f} ms   "
+          f"p99 {q[98] * 1000:6.1f} ms   ({count} mails, {elapsed:.1f} s)")
+    return rate
+
+
+def start_relay_sink(port: int) -> subprocess.Popen[bytes]:
+    code = (
+        "import asyncio,sys\n"
+        "from aiosmtpd.smtp import SMTP\n"
+        "class H:\n"
+        "    async def handle_DATA(self, s, e, env): return '250 OK'\n"
+        "async def main():\n"
+        "    loop = asyncio.get_running_loop()\n"
+        f"    srv = await loop.create_server(lambda: SMTP(H()), '127.0.0.1', {port})\n"
+        "    print('listening', flush=True)\n"
+        "    await srv.serve_forever()\n"
+        "asyncio.run(main())\n"
+    )
+    process = subprocess.Popen([PYTHON, "-c", code], stdout=subprocess.PIPE)
+    wait_listening(process)
+    return process
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--offered", type=float, default=100.0)
+    args = parser.parse_args()
+    messages = [make_request(i) for i in range(args.messages)]
+    with tempfile.TemporaryDirectory(prefix="mailgate-bench-") as folder:
+        workdir = Path(folder)
+        floor_port, serve_port, relay_port = free_port(), free_port(), free_port()
+        relay = start_relay_sink(relay_port)
+        processes = [relay]
+        try:
+            floor = subprocess.Popen(
+                [PYTHON, str(ROOT / "bench" / "floor_server.py"), str(floor_port),
+                 str(workdir / "floor.sqlite3")], stdout=subprocess.PIPE)
+            processes.append(floor)
+            wait_listening(floor)
+            elapsed, latencies = run_load(floor_port, messages, args.connections)
+            floor_rate = report("floor (insert raw, commit per mail)", len(messages), elapsed,
+                                latencies)
+            floor.terminate()
+
+            config = workdir / "mailgate.toml"
+            config.write_text(
+                f'[support]\naddress = "support@example.com"\nsecret = "bench"\n'
+                f'[storage]\npath = "{workdir / "data"}"\n'
+                f'[smtp]\nport = {serve_port}\nmax_connections_per_client = 0\n'
+                f'[outbound]\nrelay = "127.0.0.1:{relay_port}"\n'
+                f'[limits]\nper_recipient_per_hour = 0\nper_ticket_recipient_per_hour = 0\n'
+            )
+            env = dict(os.environ, PYTHONPATH=str(ROOT))
+            subprocess.run([PYTHON, "-m", "mailgate.cli", "--config", str(config), "init"],
+                           check=True, env=env, capture_output=True)
+            log = open(workdir / "serve.log", "wb")
+            serve = subprocess.Popen(
+                [PYTHON, "-m", "mailgate.cli", "--config", str(config), "serve"],
+                stdout=subprocess.PIPE, stderr=log, env=env)
+            processes.append(serve)
+            wait_listening(serve)
+            elapsed, latencies = run_load(serve_port, messages, args.connections)
+            rate = report("mailgate serve (full ingest)", len(messages), elapsed, latencies)
+            paced = [make_request(len(messages) + i) for i in range(int(args.offered * 10))]
+            elapsed, latencies = run_load(serve_port, paced, args.connections, args.offered)
+            report(f"mailgate at {args.offered:.0f} mails/s offered", len(paced), elapsed,
+                   latencies)
+            # Wait for the confirmations to drain, to report the end-to-end rate too.
+            sqlite = workdir / "data" / "mailgate.sqlite3"
+            deadline = time.monotonic() + 120
+            import sqlite3
+
+            total = len(messages) + len(paced)
+            while time.monotonic() < deadline:
+                with sqlite3.connect(sqlite) as db:
+                    pending = db.execute(
+                        "select count(*) from outbox where status != 'sent'").fetchone()[0]
+                    sent = db.execute(
+                        "select count(*) from outbox where status = 'sent'").fetchone()[0]
+                if pending == 0 and sent >= total:
+                    break
+                time.sleep(0.5)
+            print(f"confirmations sent: {sent} of {total} mails ({pending} pending)")
+            print(f"ratio to the floor: {rate / floor_rate:.2f}")
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(10)
+
+
+if __name__ == "__main__":
+    main()

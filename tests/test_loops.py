@@ -1,0 +1,227 @@
+"""Mail that must not make a ticket or an answer, and senders who may not open tickets."""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlmodel import select
+
+from tests.harness import Received, Relay, request, send, serving
+from tests.servers import corpus_dir, free_port
+from ticketing.clock import FixedClock
+from ticketing.db import transaction
+from ticketing.desk import Desk
+from ticketing.ingest import release
+from ticketing.models import Account, Message, Ticket
+from ticketing.reports import list_inbound, show_ticket
+
+CAROL = "carol@customer.test"
+ALICE = "alice@example.com"
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    with Relay() as relay:
+        yield relay
+
+
+def _responder_answer(mail: Received, headers: bool, n: int) -> bytes:
+    """What an out-of-office responder sends back: with RFC 3834 headers, or none at all."""
+    original = mail.message
+    answer = request(f"Out of office: {original['Subject']}", "I am away until Monday.",
+                     sender=mail.rcpt_tos[0], to="support@example.com")
+    del answer["Message-ID"]
+    answer["Message-ID"] = f"<ooo-{n}@customer.test>"
+    if headers:
+        answer["Auto-Submitted"] = "auto-replied"
+        answer["In-Reply-To"] = original["Message-ID"]
+    return answer.as_bytes()
+
+
+@pytest.mark.parametrize("with_headers", [True, False], ids=["rfc3834", "no-headers"])
+def test_auto_responder_ping_pong_stays_bounded(
+    desks: Callable[..., Desk], relay: Relay, with_headers: bool
+) -> None:
+    clock = FixedClock(datetime(2026, 3, 3, 18, 0, tzinfo=UTC))
+    desk = desks(clock=clock, smtp={"port": free_port()}, outbound={"relay": relay.address})
+    limit = desk.settings.limits.per_recipient_per_hour
+    answered = 0
+    with serving(desk) as port:
+        send(port, request("Hello", "First mail.", sender=CAROL), sender=CAROL)
+        # A minute of traffic: every mail that reaches the responder is answered at once.
+        for second in range(60):
+            relay.settle(quiet=0.15)
+            for mail in relay.received[answered:]:
+                answered += 1
+                send(port, _responder_answer(mail, with_headers, answered), sender=CAROL)
+            clock.advance(seconds=1)
+        sent = relay.settle()
+    to_carol = [m for m in sent if CAROL in m.rcpt_tos]
+    assert 1 <= len(to_carol) <= limit
+    if with_headers:
+        assert len(to_carol) == 1  # RFC 3834 replies are never answered
+    with transaction(desk.engine) as session:
+        tickets = session.exec(select(Ticket)).all()
+    assert len(tickets) <= limit + 1
+
+
+def test_out_of_office_on_a_ticket_is_stored_silently(desks: Callable[..., Desk],
+                                                      relay: Relay) -> None:
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+                 agents={"addresses": [ALICE]})
+    with serving(desk) as port:
+        send(port, request("Disk full", "Our disk is full.", sender=CAROL))
+        confirmation = relay.wait_for(1, where=lambda r: CAROL in r.rcpt_tos)[0]
+        relay.settle()
+        before = len(relay.received)
+        send(port, _responder_answer(confirmation, True, 1), sender=CAROL)
+        after = relay.settle()
+    assert len(after) == before
+    with transaction(desk.engine) as session:
+        ticket = session.exec(select(Ticket)).one()
+        shown = show_ticket(session, ticket.id)
+    assert shown is not None
+    assert [m["kind"] for m in shown["messages"]] == ["request", "auto_reply"]
+
+
+def test_real_bounces_and_auto_replies_get_no_answer(desks: Callable[..., Desk],
+                                                     relay: Relay) -> None:
+    corpus = corpus_dir()
+    rows = [line.split("\t") for line in (corpus / "loops" / "MANIFEST.tsv").read_text()
+            .splitlines()[1:] if line.strip()]
+    automatic = [corpus / "loops" / r[0] for r in rows if r[5] not in ("control_human",)]
+    bounces = sorted((corpus / "sisimai-set-of-emails").glob("lhost-postfix-0*.eml"))[:8]
+    files = [f for f in automatic + bounces if f.is_file()]
+    assert len(files) > 20
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
+    with serving(desk) as port:
+        for path in files:
+            raw = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            send(port, raw, "<>" if "lhost" in path.name else "someone@elsewhere.test")
+        answered = relay.settle()
+    with transaction(desk.engine) as session:
+        kinds = [m.kind for m in session.exec(select(Message)).all()]
+    assert len(kinds) == len(files)
+    assert "request" not in kinds
+    assert answered == []
+
+
+def test_permanent_bounce_of_our_mail_stops_mail_to_that_address(desks: Callable[..., Desk],
+                                                                 relay: Relay) -> None:
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
+    with serving(desk) as port:
+        send(port, request("Help", "Please.", sender="gone@customer.test"))
+        confirmation = relay.wait_for(1)[0]
+        dsn = (
+            "From: MAILER-DAEMON@mx.customer.test\r\n"
+            "To: support@example.com\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\n"
+            "Message-ID: <bounce-1@mx.customer.test>\r\n"
+            "MIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+            "--b\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
+            "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "Reporting-MTA: dns; mx.customer.test\r\n\r\n"
+            "Final-Recipient: rfc822; gone@customer.test\r\nAction: failed\r\n"
+            "Status: 5.1.1\r\n\r\n"
+            "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            f"Message-ID: {confirmation.message['Message-ID']}\r\n"
+            "--b--\r\n"
+        ).encode()
+        send(port, dsn, "<>")
+        relay.settle()
+        before = len(relay.received)
+        send(port, request("Another one", "Again.", sender="gone@customer.test"))
+        after = relay.settle()
+    assert len(after) == before  # no confirmation to a bouncing address
+    with transaction(desk.engine) as session:
+        account = session.exec(select(Account).where(Account.address == "gone@customer.test")).one()
+    assert account.bouncing_since is not None
+
+
+def test_forged_bounce_marks_nobody(desks: Callable[..., Desk], relay: Relay) -> None:
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
+    dsn = (
+        b"From: MAILER-DAEMON@evil.test\r\nTo: support@example.com\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; evil.test\r\n\r\nFinal-Recipient: rfc822; ceo@customer.test\r\n"
+        b"Action: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n"
+    )
+    with serving(desk) as port:
+        send(port, dsn, "<>")
+        send(port, request("Hi", "From the CEO.", sender="ceo@customer.test"))
+        received = relay.wait_for(1)
+    assert [r.rcpt_tos for r in received] == [("ceo@customer.test",)]
+
+
+def test_registered_policy_holds_strangers_and_release_opens_the_ticket(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+                 support={"sender_policy": "registered", "allowed_domains": ["partner.test"]})
+    with serving(desk) as port:
+        send(port, request("Let me in", "I am new.", sender="stranger@nowhere.test"))
+        send(port, request("Partner here", "Hello.", sender="pat@partner.test"))
+        received = relay.settle()
+    to_stranger = [r for r in received if r.rcpt_tos == ("stranger@nowhere.test",)]
+    assert len(to_stranger) == 1
+    assert "account manager" in to_stranger[0].text()
+    assert to_stranger[0].message["Auto-Submitted"] == "auto-replied"
+    with transaction(desk.engine) as session:
+        tickets = session.exec(select(Ticket)).all()
+        held = [r for r in list_inbound(session) if r["status"] == "held"]
+    assert [t.requester for t in tickets] == ["pat@partner.test"]
+    assert len(held) == 1 and held[0]["from"] == "stranger@nowhere.test"
+    outcome = release(desk, int(held[0]["id"].lstrip("m")))
+    assert outcome.status == "new_ticket"
+    with transaction(desk.engine) as session:
+        shown = show_ticket(session, outcome.ticket or 0)
+        account = session.exec(
+            select(Account).where(Account.address == "stranger@nowhere.test")).one()
+    assert shown is not None and shown["requester"] == "stranger@nowhere.test"
+    assert "I am new." in shown["messages"][0]["text"]
+    assert account.registered
+
+
+def _agent_reply(number: int, desk: Desk, authentication: str | None) -> bytes:
+    from ticketing.conversation import reply_address
+
+    message = request(f"Re: [#{number}] Broken", "#status closed\nClosing this.",
+                      sender=ALICE, to=reply_address(number, desk.settings))
+    if authentication:
+        message["Authentication-Results"] = authentication
+    return message.as_bytes()
+
+
+def test_forged_agent_gets_no_agent_power(desks: Callable[..., Desk], relay: Relay) -> None:
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+                 agents={"addresses": [ALICE], "trust": "authentication-results",
+                         "trusted_authserv_id": "mx.example.com"})
+    with serving(desk) as port:
+        send(port, request("Broken", "It is broken.", sender=CAROL))
+        relay.wait_for(1)
+        with transaction(desk.engine) as session:
+            number = session.exec(select(Ticket)).one().id or 0
+        forged = _agent_reply(number, desk, "mx.evil.test; dkim=pass header.d=example.com")
+        send(port, forged, ALICE)
+        relay.settle()
+        with transaction(desk.engine) as session:
+            assert session.get(Ticket, number).status == "open"  # type: ignore[union-attr]
+        genuine = _agent_reply(number, desk, "mx.example.com; dkim=pass header.d=example.com; "
+                                             "spf=pass smtp.mailfrom=example.com")
+        genuine = genuine.replace(b"Message-ID: <", b"Message-ID: <genuine.")
+        send(port, genuine, ALICE)
+        relay.settle()
+    with transaction(desk.engine) as session:
+        ticket = session.get(Ticket, number)
+        shown = show_ticket(session, number)
+    assert ticket is not None and ticket.status == "closed"
+    assert shown is not None
+    # The forged mail was kept as a customer's reply, its "#status" line plain text.
+    assert "#status closed" in shown["messages"][1]["text"]
+    assert email.utils.parseaddr(shown["messages"][2]["from"])[1] == ALICE

@@ -1,0 +1,193 @@
+"""An S0 mail over SMTP pages the on-call engineer at once; replies do not page again."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from tests.harness import Relay, request, send, serving
+from tests.servers import free_port
+from tests.test_cli import run, serving_process, write_config
+from tests.test_threads import envelope_to, reply_to
+from ticketing.clock import FixedClock
+from ticketing.db import transaction
+from ticketing.desk import Desk
+from ticketing.models import Ticket
+
+ALICE = "alice@example.com"
+CAROL = "carol@customer.test"
+SECRET = "webhook-secret"
+
+
+class Pager:
+    """A real HTTP server on loopback standing in for the team's paging webhook."""
+
+    def __init__(self, failures: int = 0, port: int = 0) -> None:
+        self.bodies: list[tuple[bytes, dict[str, str]]] = []
+        self.failures = failures
+        self.calls = 0
+        pager = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                pager.calls += 1
+                if pager.calls <= pager.failures:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                pager.bodies.append((body, dict(self.headers)))
+                self.send_response(202)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/page"
+
+    def __enter__(self) -> Pager:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, count: int, timeout: float = 15) -> list[dict[str, object]]:
+        deadline = time.monotonic() + timeout
+        while len(self.bodies) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return [json.loads(body) for body, _ in self.bodies]
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    with Relay() as relay:
+        yield relay
+
+
+@pytest.fixture
+def pager() -> Iterator[Pager]:
+    with Pager() as pager:
+        yield pager
+
+
+def _desk(desks: Callable[..., Desk], relay: Relay, pager: Pager, at: datetime,
+          **oncall: object) -> Desk:
+    return desks(clock=FixedClock(at), smtp={"port": free_port()},
+                 outbound={"relay": relay.address}, agents={"addresses": [ALICE]},
+                 oncall={"webhook": {"url": pager.url, "secret": SECRET}, **oncall})
+
+
+SUNDAY_2AM = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)  # 02:00 in Los Angeles
+
+
+def test_s0_at_night_pages_once_and_says_so(desks: Callable[..., Desk], relay: Relay,
+                                            pager: Pager) -> None:
+    desk = _desk(desks, relay, pager, SUNDAY_2AM)
+    with serving(desk) as port:
+        send(port, request("[S0] Dashboard down for all users", "Nothing loads.", sender=CAROL))
+        pages = pager.wait_for(1)
+        mails = relay.wait_for(2)
+        relay.settle()
+        confirmation = next(m for m in mails if CAROL in m.rcpt_tos)
+        notice = next(m for m in mails if m.rcpt_tos == (ALICE,))
+        send(port, reply_to(confirmation, CAROL, "Still down. [S0]"), sender=CAROL,
+             recipients=envelope_to(confirmation))
+        relay.settle()
+        time.sleep(0.5)
+    assert len(pages) == 1
+    with transaction(desk.engine) as session:
+        ticket = session.exec(select(Ticket)).one()
+    page = pages[0]
+    assert page["event_action"] == "trigger"
+    assert page["ticket"]["ticket"] == ticket.id  # type: ignore[index]
+    assert page["summary"] == f"[#{ticket.id}] Dashboard down for all users"
+    assert page["ticket"]["subject"] == "Dashboard down for all users"  # type: ignore[index]
+    assert page["ticket"]["requester"] == CAROL  # type: ignore[index]
+    assert page["ticket"]["severity"] == "S0"  # type: ignore[index]
+    body, headers = pager.bodies[0]
+    expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert headers["X-Mailgate-Signature"] == f"sha256={expected}"
+    assert "on-call engineer has been paged" in confirmation.text()
+    assert notice.message["Importance"] == "high"
+    assert notice.message["X-Priority"] == "1"
+    assert "paged" in notice.text()
+    assert len(pager.bodies) == 1  # the customer's reply did not page again
+
+
+def test_s1_pages_outside_hours_only_with_the_policy_on(desks: Callable[..., Desk],
+                                                        relay: Relay, pager: Pager) -> None:
+    friday_7pm = datetime(2026, 3, 7, 3, 0, tzinfo=UTC)  # Friday 19:00 in Los Angeles
+    desk = _desk(desks, relay, pager, friday_7pm, s1_outside_hours=True)
+    with serving(desk) as port:
+        send(port, request("[S1] Slow API", "p99 is 4 s.", sender=CAROL))
+        pages = pager.wait_for(1)
+        desk.clock.at = datetime(2026, 3, 10, 17, 0, tzinfo=UTC)  # type: ignore[attr-defined]
+        send(port, request("[S1] Slow search", "Tuesday 10:00.", sender="dan@customer.test"))
+        confirmations = relay.wait_for(2, where=lambda r: "dan@customer.test" in r.rcpt_tos)
+        relay.settle()
+    assert len(pages) == 1 and len(pager.bodies) == 1
+    assert "Slow API" in str(pages[0])
+    assert "paged" not in confirmations[0].text()
+
+
+def test_raised_to_s0_later_pages_then(desks: Callable[..., Desk], relay: Relay,
+                                       pager: Pager) -> None:
+    desk = _desk(desks, relay, pager, SUNDAY_2AM)
+    with serving(desk) as port:
+        send(port, request("[S2] Reports slow", "A bit slow.", sender=CAROL))
+        notice = relay.wait_for(1, where=lambda r: r.rcpt_tos == (ALICE,))[0]
+        relay.settle()
+        assert pager.bodies == []
+        send(port, reply_to(notice, ALICE, "#severity S0\nThis is bigger than it looks."),
+             sender=ALICE, recipients=envelope_to(notice))
+        pages = pager.wait_for(1)
+        send(port, reply_to(notice, ALICE, "Still on it."), sender=ALICE,
+             recipients=envelope_to(notice))
+        relay.settle()
+    assert len(pages) == 1 and len(pager.bodies) == 1
+    with transaction(desk.engine) as session:
+        assert session.exec(select(Ticket)).one().severity == 0
+
+
+def test_killed_before_the_page_is_delivered_it_goes_out_once_after_restart(
+    tmp_path: Path, database_url: str, relay: Relay
+) -> None:
+    port = free_port()
+    pager_port = free_port()  # nothing answers there at first
+    config = write_config(
+        tmp_path, database_url, smtp=f"port = {port}",
+        outbound=f'relay = "{relay.address}"',
+        oncall=f"retry_base = 0.5\n[oncall.webhook]\nurl = \"http://127.0.0.1:{pager_port}/p\"",
+    )
+    assert run(config, "init").returncode == 0
+    with serving_process(config) as first:
+        send(port, request("[S0] Everything is down", "Help."))
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    with Pager(port=pager_port) as pager, serving_process(config) as second:
+        pager.wait_for(1, timeout=20)
+        time.sleep(1.5)  # a second page would come within this
+        second.send_signal(signal.SIGTERM)
+        second.wait(20)
+    assert len(pager.bodies) == 1
+    listed = json.loads(run(config, "pages", "list", "--json").stdout)
+    assert [p["status"] for p in listed] == ["delivered"]
+    assert listed[0]["attempts"] >= 1
