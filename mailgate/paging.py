@@ -258,7 +258,7 @@ def _claim_next(
 
 def _record(
     engine: Engine, claimed: _Claimed, worker: str, outcome: Outcome, now: datetime,
-    rng: random.Random,
+    rng: random.Random, retry_base: float = BACKOFF_BASE,
 ) -> None:
     with transaction(engine) as session:
         page = session.get_one(Page, claimed.id, with_for_update=True)
@@ -288,7 +288,7 @@ def _record(
                       page.ticket_id, what, page.id, page.hook, page.attempts, why,
                       outcome.detail)
             return
-        delay = backoff(page.attempts, rng, settings.oncall.retry_base)
+        delay = backoff(page.attempts, rng, retry_base)
         asked = retry_after_seconds(outcome.retry_after, now)
         if asked is not None:
             delay = max(1.0, asked)
@@ -333,7 +333,7 @@ def deliver_due_pages(
                 log.exception("[#%d] page %d: the %s hook failed", claimed.ticket_id,
                               claimed.id, claimed.hook)
                 outcome = Outcome(False, f"{type(exc).__name__}: {exc}", retry=True)
-        _record(engine, claimed, worker, outcome, clock.now(), rng)
+        _record(engine, claimed, worker, outcome, clock.now(), rng, settings.oncall.retry_base)
         tried += 1
     return tried
 
