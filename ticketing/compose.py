@@ -1,25 +1,20 @@
-"""The mails we send: Jinja2 text and HTML parts in an EmailMessage with threading headers."""
+"""The mails we send: Jinja2 text and HTML parts, with the headers that thread them."""
 
 from __future__ import annotations
 
-import email.policy
-import mimetypes
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address as HeaderAddress
-from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from ticketing import mime
 from ticketing.addresses import Address
 from ticketing.identity import LOOP_HEADER, new_message_id
 from ticketing.settings import Settings
 
-# policy.SMTP: CRLF line ends, and header values that refuse embedded CR/LF.
-_POLICY = email.policy.SMTP.clone(max_line_length=78)
 # Clients thread on the nearest references; a long chain only grows every mail.
 _MAX_REFERENCES = 20
 
@@ -61,13 +56,6 @@ class Templates:
         return text, html
 
 
-def _header_address(address: Address) -> HeaderAddress | str:
-    try:
-        return HeaderAddress(display_name=address.name, addr_spec=address.address)
-    except (ValueError, IndexError, TypeError):
-        return address.address
-
-
 def compose(
     settings: Settings,
     *,
@@ -86,41 +74,31 @@ def compose(
     extra_headers: Sequence[tuple[str, str]] = (),
 ) -> OutgoingMail:
     support = settings.support
-    message = EmailMessage(policy=_POLICY)
     message_id = new_message_id(support.domain)
-    message["From"] = HeaderAddress(display_name=from_name or support.name, addr_spec=support.address)
-    message["To"] = [_header_address(a) for a in to]
+    lines = [
+        mime.address_header("From", [mime.address(from_name or support.name, support.address)]),
+        mime.address_header("To", [mime.address(a.name, a.address) for a in to]),
+    ]
     if cc:
-        message["Cc"] = [_header_address(a) for a in cc]
-    message["Subject"] = " ".join(subject.split())
-    message["Date"] = format_datetime(now)
-    message["Message-ID"] = f"<{message_id}>"
+        lines.append(mime.address_header("Cc", [mime.address(a.name, a.address) for a in cc]))
+    lines.append(mime.header("Subject", subject))
+    lines.append(f"Date: {format_datetime(now)}")
+    lines.append(f"Message-ID: <{message_id}>")
     if in_reply_to:
-        message["In-Reply-To"] = f"<{in_reply_to}>"
+        lines.append(mime.header("In-Reply-To", f"<{in_reply_to}>"))
     chain = list(dict.fromkeys(references))
     if len(chain) > _MAX_REFERENCES:
         chain = chain[:1] + chain[-(_MAX_REFERENCES - 1) :]  # RFC 5322 3.6.4: keep the root
     if chain:
-        message["References"] = " ".join(f"<{ref}>" for ref in chain)
+        lines.append(mime.header("References", " ".join(f"<{ref}>" for ref in chain)))
     if reply_to:
-        message["Reply-To"] = HeaderAddress(display_name=support.name, addr_spec=reply_to)
+        lines.append(mime.address_header("Reply-To", [mime.address(support.name, reply_to)]))
     if auto_submitted:
         # RFC 3834: responders must not answer this mail.
-        message["Auto-Submitted"] = auto_submitted
-        message["X-Auto-Response-Suppress"] = "All"
-    message[LOOP_HEADER] = support.address
-    for name, value in extra_headers:
-        message[name] = value
-    message.set_content(text, cte="quoted-printable" if not text.isascii() else None)
-    message.add_alternative(html, subtype="html")
-    for item in attachments:
-        maintype, _, subtype = (
-            item.content_type or mimetypes.guess_type(item.filename)[0] or "application/octet-stream"
-        ).partition("/")
-        if maintype == "message" or maintype == "multipart":
-            maintype, subtype = "application", "octet-stream"
-        message.add_attachment(
-            item.data, maintype=maintype, subtype=subtype or "octet-stream", filename=item.filename
-        )
+        lines.append(mime.header("Auto-Submitted", auto_submitted))
+        lines.append("X-Auto-Response-Suppress: All")
+    lines.append(mime.header(LOOP_HEADER, support.address))
+    lines.extend(mime.header(name, value) for name, value in extra_headers)
+    raw = mime.build(lines, text, html, [(f.filename, f.content_type, f.data) for f in attachments])
     recipients = tuple(dict.fromkeys(a.address for a in (*to, *cc)))
-    return OutgoingMail(message_id, recipients, message.as_bytes())
+    return OutgoingMail(message_id, recipients, raw)
