@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.engine import make_url
 from sqlmodel import select
 
 from mailgate import pipe
@@ -67,10 +68,15 @@ def _desk(settings: Settings, check_schema: bool = True) -> Desk:
         state = schema_state(desk.engine)
         if state != "current":
             raise ConfigError(
-                f"the database schema is {state} (database.url = {settings.database}); "
+                f"the database schema is {state} (database.url = {_shown(settings.database)}); "
                 "run `mailgate init` to create or upgrade it"
             )
     return desk
+
+
+def _shown(url: str) -> str:
+    """A database URL fit for a log or a bounce: no password."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
@@ -79,7 +85,7 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
     migrate(engine)
     settings.storage_path.mkdir(parents=True, exist_ok=True)
     print(f"mailgate: database {'created' if before == 'empty' else 'up to date'}: "
-          f"{settings.database}")
+          f"{_shown(settings.database)}")
     return 0
 
 
@@ -98,12 +104,16 @@ def cmd_deliver(settings: Settings, args: argparse.Namespace) -> int:
     try:
         desk = _desk(settings)
     except ConfigError as exc:
+        # Not EX_CONFIG: MTAs bounce that for good, and a deploy's mistake would
+        # return every customer's mail. Deferred, it waits in the queue for the fix.
         print(f"mailgate deliver: {exc}", file=sys.stderr)
-        return pipe.EX_CONFIG
-    except Exception as exc:
-        print(f"mailgate deliver: storage unavailable: {exc}", file=sys.stderr)
         return pipe.EX_TEMPFAIL
-    return pipe.deliver(desk, sys.stdin.buffer, args.recipient or "", args.sender or "")
+    except Exception as exc:  # the database does not answer: the MTA retries
+        print(f"mailgate deliver: storage unavailable: {type(exc).__name__}", file=sys.stderr)
+        return pipe.EX_TEMPFAIL
+    # Postfix passes an empty ${sender} for the null sender of a bounce.
+    sender = "<>" if args.sender == "" else (args.sender or "")
+    return pipe.deliver(desk, sys.stdin.buffer, args.recipient or "", sender)
 
 
 def cmd_fetch(settings: Settings, args: argparse.Namespace) -> int:
@@ -322,7 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(settings, args))
     except ConfigError as exc:
         print(f"mailgate: configuration: {exc}", file=sys.stderr)
-        return pipe.EX_CONFIG
+        # `deliver` must never make the MTA bounce a customer's mail over our config.
+        return pipe.EX_TEMPFAIL if args.command == "deliver" else pipe.EX_CONFIG
     except KeyboardInterrupt:
         return 130
 

@@ -9,18 +9,18 @@ import random
 import smtplib
 import ssl
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import or_, update
-from sqlmodel import col, select
-from ticketing.ratelimit import mark_bouncing
+from sqlmodel import Session, col, select
 
 from ticketing.clock import Clock
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.models import Outbox
+from ticketing.ratelimit import mark_bouncing
 from ticketing.settings import OutboundSettings
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ class Sent:
 class Transport(Protocol):
     def send(self, row: Outbox) -> Sent: ...
 
+    def close(self) -> None:
+        """Let go of any connection kept between sends."""
+
 
 class FolderTransport:
     """One .eml file per mail: the default when no relay is set; rewriting is harmless."""
@@ -71,6 +74,9 @@ class FolderTransport:
         os.replace(temporary, self.directory / name)
         return Sent()
 
+    def close(self) -> None:
+        pass
+
 
 class RelayTransport:
     """SMTP to the configured relay, with STARTTLS or TLS and a login when set."""
@@ -80,6 +86,27 @@ class RelayTransport:
         self.host, self.port = host, int(port)
         self.settings = settings
         self.timeout = timeout
+        self._client: smtplib.SMTP | None = None
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.quit()
+            except (OSError, smtplib.SMTPException):
+                client.close()
+
+    def _session(self) -> smtplib.SMTP:
+        """The open connection, after RSET, or a new one: one connection serves a batch."""
+        if self._client is not None:
+            try:
+                self._client.rset()
+                return self._client
+            except (OSError, smtplib.SMTPException):
+                self._client.close()
+                self._client = None
+        self._client = self._connect()
+        return self._client
 
     def _connect(self) -> smtplib.SMTP:
         if self.settings.tls:
@@ -97,8 +124,7 @@ class RelayTransport:
     def send(self, row: Outbox) -> Sent:
         recipients = json.loads(row.recipients)
         try:
-            with self._connect() as client:
-                refused = client.sendmail(row.mail_from, recipients, row.raw)
+            refused = self._session().sendmail(row.mail_from, recipients, row.raw)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = {r: code for r, (code, _) in exc.recipients.items()}
             if all(code >= 500 for code in codes.values()):
@@ -109,6 +135,7 @@ class RelayTransport:
                 raise PermanentFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
             raise TemporaryFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
         except (TimeoutError, OSError, smtplib.SMTPException) as exc:
+            self.close()
             raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from exc
         permanent = tuple(r for r, (code, _) in refused.items() if code >= 500)
         return Sent(permanent)
@@ -126,59 +153,79 @@ def backoff(attempts: int, base: float = _BASE_DELAY) -> timedelta:
     return timedelta(seconds=delay * random.uniform(0.8, 1.2))
 
 
-def claim(desk: Desk, worker: str, limit: int = 20) -> list[Outbox]:
-    """Take due rows for this worker alone: a conditional UPDATE wins each row once,
-    across threads, processes and machines on one database."""
-    now = desk.clock.now()
-    claimed: list[Outbox] = []
-    with transaction(desk.engine) as session:
-        due = session.exec(
-            select(Outbox.id)
-            .where(Outbox.status == "pending", col(Outbox.next_attempt_at) <= now,
-                   or_(col(Outbox.claimed_until).is_(None), col(Outbox.claimed_until) < now))
-            .order_by(col(Outbox.id))
-            .limit(limit)
-        ).all()
-        for row_id in due:
+def _due(now: datetime) -> Any:
+    return (col(Outbox.status) == "pending", col(Outbox.next_attempt_at) <= now,
+            or_(col(Outbox.claimed_until).is_(None), col(Outbox.claimed_until) < now))
+
+
+def claim_next(desk: Desk, worker: str) -> Outbox | None:
+    """Take the next due mail for this worker alone, just before sending it.
+
+    A conditional UPDATE wins each row once across threads, processes and machines on
+    one database; the lease runs out only if the worker dies, so no batch can outlive it.
+    """
+    for _ in range(5):  # another worker may win the row we picked: pick again
+        now = desk.clock.now()
+        with transaction(desk.engine) as session:
+            row_id = session.exec(
+                select(Outbox.id).where(*_due(now)).order_by(col(Outbox.id)).limit(1)
+            ).first()
+            if row_id is None:
+                return None
             result = session.execute(
-                update(Outbox)
-                .where(col(Outbox.id) == row_id, col(Outbox.status) == "pending",
-                       or_(col(Outbox.claimed_until).is_(None), col(Outbox.claimed_until) < now))
-                .values(claimed_by=worker,
-                        claimed_until=now + timedelta(seconds=desk.settings.outbound.lease))
+                update(Outbox).where(col(Outbox.id) == row_id, *_due(now)).values(
+                    claimed_by=worker,
+                    claimed_until=now + timedelta(seconds=desk.settings.outbound.lease))
             )
             if result.rowcount == 1:  # type: ignore[attr-defined]
-                row = session.get(Outbox, row_id)
-                if row is not None:
-                    claimed.append(row)
-    return claimed
+                return session.get(Outbox, row_id)
+    return None
 
 
 def deliver_due(desk: Desk, transport: Transport, worker: str, limit: int = 20) -> int:
-    """Send what is due; returns how many were sent."""
+    """Send up to `limit` due mails over one relay connection; returns how many were sent."""
     sent = 0
-    for row in claim(desk, worker, limit):
-        try:
-            result = transport.send(row)
-        except TemporaryFailure as exc:
-            _retry(desk, row, str(exc))
-            continue
-        except PermanentFailure as exc:
-            _fail(desk, row, str(exc), exc.refused)
-            continue
-        except Exception as exc:
-            log.exception("outbox %s: unexpected failure", row.id)
-            _retry(desk, row, f"{type(exc).__name__}: {exc}")
-            continue
-        _done(desk, row, result)
-        sent += 1
+    try:
+        for _ in range(limit):
+            row = claim_next(desk, worker)
+            if row is None:
+                break
+            sent += _deliver(desk, transport, row, worker)
+    finally:
+        transport.close()
     return sent
 
 
-def _done(desk: Desk, row: Outbox, result: Sent) -> None:
+def _deliver(desk: Desk, transport: Transport, row: Outbox, worker: str) -> int:
+    try:
+        result = transport.send(row)
+    except TemporaryFailure as exc:
+        _retry(desk, row, str(exc), worker)
+        return 0
+    except PermanentFailure as exc:
+        _fail(desk, row, str(exc), exc.refused, worker)
+        return 0
+    except Exception as exc:
+        log.exception("outbox %s: unexpected failure", row.id)
+        _retry(desk, row, f"{type(exc).__name__}: {exc}", worker)
+        return 0
+    _done(desk, row, result, worker)
+    return 1
+
+
+def _ours(session: Session, row: Outbox, worker: str) -> Outbox | None:
+    """The row, if this worker still holds it (an operator or a lease may have moved it)."""
+    stored = session.get(Outbox, row.id)
+    if stored is None or stored.claimed_by != worker:
+        log.warning("outbox %s: no longer held by %s; leaving it", row.id, worker)
+        return None
+    return stored
+
+
+def _done(desk: Desk, row: Outbox, result: Sent, worker: str) -> None:
     now = desk.clock.now()
     with transaction(desk.engine) as session:
-        stored = session.get(Outbox, row.id)
+        stored = _ours(session, row, worker)
         if stored is None:
             return
         stored.status = "sent"
@@ -192,11 +239,11 @@ def _done(desk: Desk, row: Outbox, result: Sent) -> None:
     log.info("[#%s] <%s> sent to %s", row.ticket_id or "-", row.message_id, row.recipients)
 
 
-def _retry(desk: Desk, row: Outbox, error: str) -> None:
+def _retry(desk: Desk, row: Outbox, error: str, worker: str) -> None:
     now = desk.clock.now()
     settings = desk.settings.outbound
     with transaction(desk.engine) as session:
-        stored = session.get(Outbox, row.id)
+        stored = _ours(session, row, worker)
         if stored is None:
             return
         stored.attempts += 1
@@ -214,10 +261,10 @@ def _retry(desk: Desk, row: Outbox, error: str) -> None:
         session.add(stored)
 
 
-def _fail(desk: Desk, row: Outbox, error: str, refused: tuple[str, ...]) -> None:
+def _fail(desk: Desk, row: Outbox, error: str, refused: tuple[str, ...], worker: str) -> None:
     now = desk.clock.now()
     with transaction(desk.engine) as session:
-        stored = session.get(Outbox, row.id)
+        stored = _ours(session, row, worker)
         if stored is None:
             return
         stored.status = "failed"
@@ -234,7 +281,10 @@ def retry_now(desk: Desk, outbox_id: int | None, clock: Clock | None = None) -> 
     """Operator: make failed or waiting rows due now (one, or all when None)."""
     now = (clock or desk.clock).now()
     with transaction(desk.engine) as session:
-        query = update(Outbox).where(col(Outbox.status).in_(("pending", "failed")))
+        # A mail a worker holds right now is left to it: retrying it would send it twice.
+        query = update(Outbox).where(
+            col(Outbox.status).in_(("pending", "failed")),
+            or_(col(Outbox.claimed_until).is_(None), col(Outbox.claimed_until) < now))
         if outbox_id is not None:
             query = query.where(col(Outbox.id) == outbox_id)
         result = session.execute(

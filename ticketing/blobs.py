@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from pathlib import Path
 
 
@@ -31,7 +32,8 @@ class BlobStore:
         if target.exists():
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{digest}.{os.getpid()}.tmp")
+        # A name of its own per write: two threads storing the same bytes must not share one.
+        temporary = target.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
         with open(temporary, "wb") as handle:
             handle.write(data)
             if self.durable:

@@ -96,7 +96,8 @@ def compose(
     if auto_submitted:
         # RFC 3834: responders must not answer this mail.
         lines.append(mime.header("Auto-Submitted", auto_submitted))
-        lines.append("X-Auto-Response-Suppress: All")
+    # Exchange and Outlook: no out-of-office, read receipt or other automatic answer.
+    lines.append("X-Auto-Response-Suppress: All")
     lines.append(mime.header(LOOP_HEADER, support.address))
     lines.extend(mime.header(name, value) for name, value in extra_headers)
     raw = mime.build(lines, text, html, [(f.filename, f.content_type, f.data) for f in attachments])

@@ -79,7 +79,8 @@ class Match:
 
 
 def find_ticket(
-    session: Session, mail: ParsedMail, inbound: Inbound, settings: Settings, sender: str
+    session: Session, mail: ParsedMail, inbound: Inbound, settings: Settings, sender: str,
+    sender_is_agent: bool = False,
 ) -> Match | None:
     """The ticket a mail answers, by SPEC section 3's order; None means a new ticket."""
     ids = mail.thread_ids
@@ -105,19 +106,18 @@ def find_ticket(
     tag = TAG.search(mail.subject)
     if tag:
         ticket = session.get(Ticket, int(tag.group(1)))
-        if ticket is not None and takes_part(session, ticket, sender, settings):
+        if ticket is not None and (sender_is_agent or takes_part(session, ticket, sender)):
             return Match(ticket, "tag")
     return None
 
 
-def takes_part(session: Session, ticket: Ticket, address: str, settings: Settings) -> bool:
-    if address == ticket.requester or address == ticket.assignee:
-        return True
-    if address in {a.lower() for a in settings.agents.addresses}:
+def takes_part(session: Session, ticket: Ticket, address: str) -> bool:
+    """The address is on the ticket now (an agent counts only once authenticated: the caller)."""
+    if address == ticket.assignee:
         return True
     found = session.exec(
         select(Participant.id).where(
-            Participant.ticket_id == ticket.id, Participant.address == address
+            Participant.ticket_id == ticket.id, Participant.address == address, Participant.active
         )
     ).first()
     return found is not None

@@ -59,10 +59,21 @@ def _common(desk: Desk, ticket: Ticket | None) -> dict[str, Any]:
 
 def _deliverable(session: Session, desk: Desk, address: str) -> bool:
     """Never mail our own addresses, nor an address whose mail bounced for good."""
-    if is_ours(address, desk.settings):
-        return False
-    account = session.exec(select(Account).where(Account.address == address)).first()
-    return account is None or account.bouncing_since is None
+    return not is_ours(address, desk.settings) and address not in _bouncing(session, [address])
+
+
+def _bouncing(session: Session, addresses: Iterable[str]) -> set[str]:
+    """Which of these addresses bounce; one query for those not yet asked in this transaction."""
+    known: dict[str, bool] = session.info.setdefault("bouncing", {})
+    unknown = [a for a in dict.fromkeys(addresses) if a not in known]
+    if unknown:
+        rows = session.exec(
+            select(Account.address).where(col(Account.address).in_(unknown),
+                                          col(Account.bouncing_since).is_not(None))
+        ).all()
+        for address in unknown:
+            known[address] = address in rows
+    return {a for a, bouncing in known.items() if bouncing}
 
 
 def thread_of(session: Session, ticket: Ticket) -> tuple[str | None, list[str]]:
@@ -83,14 +94,18 @@ def confirm_new_ticket(
     """The confirmation to the requester, Cc the CC list (an auto-reply: RFC 3834 applies)."""
     assert ticket.id is not None
     requester = ticket.requester
+    _bouncing(session, [requester, *(a.address for a in cc)])
     if not _deliverable(session, desk, requester) or not may_auto_reply(
         session, desk.settings.limits, requester, ticket.id, now
     ):
         log.info("[#%s] no confirmation to %s (rate limit, machine or bouncing address)",
                  ticket.id, requester)
         return None
+    # Everyone copied gets this mail on the system's own account: each is rate-limited,
+    # or a stranger could send anyone a stream of confirmations with a subject of theirs.
     copied = [a for a in cc if _deliverable(session, desk, a.address)
-              and not is_machine_address(a.address)]
+              and not is_machine_address(a.address)
+              and may_auto_reply(session, desk.settings.limits, a.address, ticket.id, now)]
     severity = Severity(ticket.severity)
     context = _common(desk, ticket) | {
         "requester": requester,
@@ -117,7 +132,8 @@ def confirm_new_ticket(
         references=chain,
         auto_submitted="auto-replied",
     )
-    record_auto_reply(session, requester, ticket.id, "confirmation", now)
+    for address in (requester, *(a.address for a in copied)):
+        record_auto_reply(session, address, ticket.id, "confirmation", now)
     return enqueue(session, ticket, "confirmation", mail, now, desk.settings.support.address)
 
 
@@ -238,9 +254,8 @@ def fan_out(
     recipients.pop(author, None)
     for address in reached:
         recipients.pop(address, None)
-    recipients = {
-        a: n for a, n in recipients.items() if _deliverable(session, desk, a)
-    }
+    _bouncing(session, recipients)
+    recipients = {a: n for a, n in recipients.items() if _deliverable(session, desk, a)}
     if not recipients:
         return []
     files, omitted = _files(session, desk, message)
@@ -268,7 +283,8 @@ def fan_out(
             reply_to=reply_address(ticket.id, desk.settings),
             in_reply_to=in_reply_to,
             references=chain,
-            auto_submitted="auto-generated" if is_agent else None,
+            # Marked auto-generated so out-of-office responders stay quiet (RFC 3834).
+            auto_submitted="auto-generated",
             attachments=files,
         )
         rows.append(enqueue(session, ticket, "note" if note else "reply", mail, now,
@@ -281,7 +297,9 @@ def status_notice(
 ) -> Outbox | None:
     """Tell the requester (Cc the customers on the thread) the ticket was solved, closed or reopened."""
     assert ticket.id is not None
-    if not _deliverable(session, desk, ticket.requester):
+    requester_active = any(p.address == ticket.requester and p.role == "requester"
+                           for p in active_participants(session, ticket))
+    if not requester_active or not _deliverable(session, desk, ticket.requester):
         return None
     copied = [
         Address(p.address, p.name)

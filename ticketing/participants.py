@@ -34,6 +34,12 @@ def active_participants(session: Session, ticket: Ticket) -> list[Participant]:
     )
 
 
+def opened(session: Session, ticket: Ticket) -> None:
+    """A ticket made in this transaction has nobody on it yet: no need to ask the database."""
+    assert ticket.id is not None
+    session.info.setdefault("participants", {})[ticket.id] = {}
+
+
 def add_participants(
     session: Session,
     ticket: Ticket,
@@ -43,10 +49,15 @@ def add_participants(
 ) -> list[Address]:
     """Add people not yet on the ticket (or back after #unfollow); returns those added."""
     assert ticket.id is not None
-    existing = {
-        p.address: p
-        for p in session.exec(select(Participant).where(Participant.ticket_id == ticket.id)).all()
-    }
+    # Who is on each ticket is read once a transaction and kept current here.
+    cache: dict[int, dict[str, Participant]] = session.info.setdefault("participants", {})
+    existing = cache.get(ticket.id)
+    if existing is None:
+        existing = {
+            p.address: p
+            for p in session.exec(select(Participant).where(Participant.ticket_id == ticket.id)).all()
+        }
+        cache[ticket.id] = existing
     added = []
     for person in people:
         current = existing.get(person.address)

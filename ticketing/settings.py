@@ -395,17 +395,34 @@ def _imap(value: Any) -> tuple[ImapMailbox, ...]:
 
 
 def ensure_secret(settings: Settings) -> Settings:
-    """Settings with a server secret: configured, or made once and kept in the data folder."""
+    """Settings with a server secret: configured, or (SQLite only) made once and kept.
+
+    Every machine sharing a database must sign reply addresses alike, so a shared
+    database needs the secret in the config or the environment.
+    """
     if settings.support.secret:
         return settings
+    if not settings.database.startswith("sqlite"):
+        raise ConfigError(
+            "support.secret: required with a shared database; set it (or MAILGATE_SECRET) "
+            "to the same value on every machine"
+        )
     path = settings.storage_path / "secret"
     settings.storage_path.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
+    if not path.exists():
+        # Written whole under another name, then linked into place: a reader never sees
+        # a half-written secret, and of two racing writers the first one's wins.
+        temporary = path.with_name(f".secret.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temporary)
     secret = path.read_text().strip()
     return settings.clone(support=replace(settings.support, secret=secret))

@@ -18,7 +18,7 @@ from ticketing.conversation import clean_subject, find_ticket, is_ours
 from ticketing.inbound import Inbound, Outcome
 from ticketing.models import Account, Attachment, Message, Outbox, Page, ThreadRef, Ticket
 from ticketing.parse import ParsedMail
-from ticketing.participants import add_participants, agent_addresses, unfollow
+from ticketing.participants import add_participants, agent_addresses, opened, unfollow
 from ticketing.quotes import cut_reply
 from ticketing.ratelimit import mark_bouncing
 from ticketing.screening import Verdict, agent_authenticated
@@ -75,8 +75,11 @@ def _sender(mail: ParsedMail, inbound: Inbound) -> Address | None:
 
 def _copied(mail: ParsedMail, desk: Desk, exclude: set[str]) -> list[Address]:
     """Everyone in To and Cc but our own addresses and those excluded."""
-    return [a for a in (*mail.to, *mail.cc)
-            if not is_ours(a.address, desk.settings) and a.address not in exclude]
+    found: dict[str, Address] = {}
+    for person in (*mail.to, *mail.cc):
+        if not is_ours(person.address, desk.settings) and person.address not in exclude:
+            found.setdefault(person.address, person)
+    return list(found.values())
 
 
 def file_classified(
@@ -138,8 +141,10 @@ def open_or_hold(
 
 def _may_open(session: Session, desk: Desk, address: str, account: Account | None) -> bool:
     support = desk.settings.support
-    if support.sender_policy == "open" or account is not None:
+    if support.sender_policy == "open":
         return True
+    if account is not None and (account.registered or account.bouncing_since is None):
+        return True  # an operator's account, or one made on an earlier mail (not by a bounce)
     domain = address.rpartition("@")[2]
     if domain in {d.lower() for d in support.allowed_domains}:
         return True
@@ -167,8 +172,10 @@ def open_ticket(
     session.flush()
     message.kind = "request"
     _save(session, message, files, ticket)
+    opened(session, ticket)
     add_participants(session, ticket, [sender], "requester", now)
-    cc = _copied(mail, desk, {sender.address})
+    # Agents copied on a request hear of it by the agents' notice, not as customers.
+    cc = _copied(mail, desk, {sender.address, *agent_addresses(session, desk.settings)})
     add_participants(session, ticket, cc, "cc", now)
     pages = _escalate_if_due(session, desk, ticket, None, "new ticket")
     next_opening = None
@@ -220,17 +227,17 @@ def file_reply(
     sender = _sender(mail, inbound)
     if sender is None:
         return None
-    match = find_ticket(session, mail, inbound, desk.settings, sender.address)
+    agents = agent_addresses(session, desk.settings)
+    is_agent = sender.address in agents and agent_authenticated(mail, inbound, desk.settings)
+    match = find_ticket(session, mail, inbound, desk.settings, sender.address, is_agent)
     if match is None:
         return None
     ticket = match.ticket
     now = desk.clock.now()
-    if ticket.status == "closed" and now - ticket.status_changed_at > timedelta(
+    if not is_agent and ticket.status == "closed" and now - ticket.status_changed_at > timedelta(
         days=desk.settings.tickets.reopen_days
     ):
         return open_or_hold(session, desk, inbound, mail, message, files, linked=ticket)
-    agents = agent_addresses(session, desk.settings)
-    is_agent = sender.address in agents and agent_authenticated(mail, inbound, desk.settings)
     if sender.address in agents and not is_agent:
         log.warning("[#%s] mail from agent address %s failed authentication: treated as a "
                     "customer's", ticket.id, sender.address)
@@ -261,7 +268,7 @@ def file_reply(
             return Outcome("reply", ticket.id, message.id, "unfollowed")
     _join(session, desk, ticket, mail, sender, is_agent, agents, now)
     before = Severity(ticket.severity), ticket.status
-    _apply(session, desk, ticket, commands, sender.address, is_agent, mail, now)
+    _apply(session, desk, ticket, commands, sender.address, is_agent, mail, message, now)
     session.add(ticket)
     _escalation(session, desk, ticket, *before)
     reached = {a.address for a in (*mail.to, *mail.cc)}
@@ -285,7 +292,7 @@ def _join(
 
 def _apply(
     session: Session, desk: Desk, ticket: Ticket, commands: Commands, author: str,
-    is_agent: bool, mail: ParsedMail, now: datetime,
+    is_agent: bool, mail: ParsedMail, message: Message, now: datetime,
 ) -> None:
     """Commands and implied changes: assignment, status, severity."""
     if is_agent and not commands.note and ticket.assignee is None:
@@ -306,17 +313,17 @@ def _apply(
             notifications.status_notice(session, desk, ticket, notice, now)
     severity = commands.severity
     if severity is None and not commands.note:
-        # A tag counts when the writer put it there, not when it is the opening mail's
-        # tag carried along in "Re: [S2] ..." after an agent changed the severity.
+        # A tag counts when the writer put it there, not when it is an earlier mail's
+        # tag carried along in "Re: [S0] ..." after an agent changed the severity.
         tagged = severity_in(mail.subject)
-        if tagged is not None and tagged != _opening_tag(session, ticket):
+        if tagged is not None and tagged not in _tags_before(session, ticket, message):
             severity = tagged
     if severity is not None:
         ticket.severity = int(severity)
 
 
-def _opening_tag(session: Session, ticket: Ticket) -> Severity | None:
-    first = session.exec(
-        select(Message.subject).where(Message.ticket_id == ticket.id).order_by(col(Message.id)).limit(1)
-    ).first()
-    return severity_in(first) if first else None
+def _tags_before(session: Session, ticket: Ticket, message: Message) -> set[Severity]:
+    subjects = session.exec(
+        select(Message.subject).where(Message.ticket_id == ticket.id, col(Message.id) != message.id)
+    ).all()
+    return {tag for tag in map(severity_in, subjects) if tag is not None}
