@@ -10,10 +10,11 @@ from textwrap import dedent
 import pytest
 
 from tests.servers import corpus_dir
+from ticketing.authresults import agent_authenticated
 from ticketing.identity import LOOP_HEADER, new_message_id
 from ticketing.inbound import Inbound
 from ticketing.parse import parse_mail
-from ticketing.screening import Verdict, agent_authenticated, screen
+from ticketing.screening import Verdict, screen
 from ticketing.settings import Settings, settings_from_mapping
 
 SETTINGS = settings_from_mapping({"support": {"address": "support@example.com"}})

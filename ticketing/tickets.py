@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 
 from ticketing import notifications, oncall
 from ticketing.addresses import Address, normalize
+from ticketing.authresults import agent_authenticated
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
 from ticketing.conversation import clean_subject, find_ticket, is_ours
 from ticketing.inbound import Inbound, Outcome
@@ -21,7 +22,7 @@ from ticketing.parse import ParsedMail
 from ticketing.participants import add_participants, agent_addresses, opened, unfollow
 from ticketing.quotes import cut_reply
 from ticketing.ratelimit import mark_bouncing
-from ticketing.screening import Verdict, agent_authenticated
+from ticketing.screening import Verdict
 from ticketing.severity import Severity, severity_in, strip_tags
 
 if TYPE_CHECKING:
