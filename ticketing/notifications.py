@@ -46,6 +46,24 @@ def enqueue(
     return row
 
 
+def _ticket_mail(
+    session: Session, desk: Desk, ticket: Ticket, kind: str, now: datetime, *,
+    to: Sequence[Address], subject: str, text: str, html: str,
+    thread: tuple[str | None, Sequence[str]] | None = None,
+    auto_submitted: str = "auto-generated", **more: Any,
+) -> Outbox:
+    """One mail about a ticket: its signed Reply-To, threaded under the ticket's mails
+    (or as `thread` says), queued in the outbox."""
+    assert ticket.id is not None
+    in_reply_to, chain = thread if thread is not None else thread_of(session, ticket)
+    mail = compose(
+        desk.settings, to=to, subject=subject, text=text, html=html, now=now,
+        reply_to=reply_address(ticket.id, desk.settings), in_reply_to=in_reply_to,
+        references=chain, auto_submitted=auto_submitted, **more,
+    )
+    return enqueue(session, ticket, kind, mail, now, desk.settings.support.address)
+
+
 def _common(desk: Desk, ticket: Ticket | None) -> dict[str, Any]:
     support = desk.settings.support
     return {
@@ -119,22 +137,14 @@ def confirm_new_ticket(
     }
     text, html = desk.templates.render("confirmation", **context)
     _, chain = thread_of(session, ticket)
-    mail = compose(
-        desk.settings,
-        to=[Address(requester, ticket.requester_name)],
-        cc=copied,
-        subject=f"{subject_tag(ticket.id)} {ticket.subject}",
-        text=text,
-        html=html,
-        now=now,
-        reply_to=reply_address(ticket.id, desk.settings),
-        in_reply_to=request.message_id or None,
-        references=chain,
-        auto_submitted="auto-replied",
-    )
     for address in (requester, *(a.address for a in copied)):
         record_auto_reply(session, address, ticket.id, "confirmation", now)
-    return enqueue(session, ticket, "confirmation", mail, now, desk.settings.support.address)
+    return _ticket_mail(
+        session, desk, ticket, "confirmation", now,
+        to=[Address(requester, ticket.requester_name)], cc=copied,
+        subject=f"{subject_tag(ticket.id)} {ticket.subject}", text=text, html=html,
+        thread=(request.message_id or None, chain), auto_submitted="auto-replied",
+    )
 
 
 def _files(session: Session, desk: Desk, message: Message) -> tuple[list[FileToSend], list[str]]:
@@ -186,24 +196,16 @@ def announce_new_ticket(
     urgent = [("Importance", "high"), ("X-Priority", "1")] if paged_hooks else []
     rows = []
     for agent in agents:
-        mail = compose(
-            desk.settings,
-            to=[Address(agent)],
+        rows.append(_ticket_mail(
+            session, desk, ticket, "new_ticket", now, to=[Address(agent)],
             # The level in words, not as a tag: a reply keeping this subject must not
             # set the severity back.
             subject=f"{subject_tag(ticket.id)} {ticket.subject} ({severity.label} {severity.word})",
-            text=text,
-            html=html,
-            now=now,
+            text=text, html=html,
+            thread=(request.message_id or None, [request.message_id] if request.message_id else []),
             from_name=f"{ticket.requester_name or ticket.requester} via {desk.settings.support.name}",
-            reply_to=reply_address(ticket.id, desk.settings),
-            in_reply_to=request.message_id or None,
-            references=[request.message_id] if request.message_id else [],
-            auto_submitted="auto-generated",
-            attachments=files,
-            extra_headers=urgent,
-        )
-        rows.append(enqueue(session, ticket, "new_ticket", mail, now, desk.settings.support.address))
+            attachments=files, extra_headers=urgent,
+        ))
     return rows
 
 
@@ -272,23 +274,13 @@ def fan_out(
             "history": _history(session, ticket, message, notes=is_agent),
         }
         text, html = desk.templates.render("reply", **context)
-        mail = compose(
-            desk.settings,
-            to=[Address(address, name)],
-            subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}",
-            text=text,
-            html=html,
-            now=now,
-            from_name=f"{display} via {desk.settings.support.name}",
-            reply_to=reply_address(ticket.id, desk.settings),
-            in_reply_to=in_reply_to,
-            references=chain,
-            # Marked auto-generated so out-of-office responders stay quiet (RFC 3834).
-            auto_submitted="auto-generated",
+        # Marked auto-generated (the default) so out-of-office responders stay quiet.
+        rows.append(_ticket_mail(
+            session, desk, ticket, "note" if note else "reply", now, to=[Address(address, name)],
+            subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}", text=text, html=html,
+            thread=(in_reply_to, chain), from_name=f"{display} via {desk.settings.support.name}",
             attachments=files,
-        )
-        rows.append(enqueue(session, ticket, "note" if note else "reply", mail, now,
-                            desk.settings.support.address))
+        ))
     return rows
 
 
@@ -313,21 +305,11 @@ def status_notice(
         "reopen_days": desk.settings.tickets.reopen_days,
     }
     text, html = desk.templates.render("status", **context)
-    in_reply_to, chain = thread_of(session, ticket)
-    mail = compose(
-        desk.settings,
-        to=[Address(ticket.requester, ticket.requester_name)],
-        cc=copied,
-        subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}",
-        text=text,
-        html=html,
-        now=now,
-        reply_to=reply_address(ticket.id, desk.settings),
-        in_reply_to=in_reply_to,
-        references=chain,
-        auto_submitted="auto-generated",
+    return _ticket_mail(
+        session, desk, ticket, f"status_{status}", now,
+        to=[Address(ticket.requester, ticket.requester_name)], cc=copied,
+        subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}", text=text, html=html,
     )
-    return enqueue(session, ticket, f"status_{status}", mail, now, desk.settings.support.address)
 
 
 def command_error(
@@ -337,20 +319,11 @@ def command_error(
     assert ticket.id is not None
     context = _common(desk, ticket) | {"errors": list(errors)}
     text, html = desk.templates.render("command_error", **context)
-    in_reply_to, chain = thread_of(session, ticket)
-    mail = compose(
-        desk.settings,
-        to=[Address(agent)],
+    return _ticket_mail(
+        session, desk, ticket, "command_error", now, to=[Address(agent)],
         subject=f"Re: {subject_tag(ticket.id)} {ticket.subject} (command not applied)",
-        text=text,
-        html=html,
-        now=now,
-        reply_to=reply_address(ticket.id, desk.settings),
-        in_reply_to=in_reply_to,
-        references=chain,
-        auto_submitted="auto-replied",
+        text=text, html=html, auto_submitted="auto-replied",
     )
-    return enqueue(session, ticket, "command_error", mail, now, desk.settings.support.address)
 
 
 def no_account(
