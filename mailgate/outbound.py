@@ -123,8 +123,15 @@ class RelayTransport:
 
     def send(self, row: Outbox) -> Sent:
         recipients = json.loads(row.recipients)
+        options: list[str] = []
         try:
-            refused = self._session().sendmail(row.mail_from, recipients, row.raw)
+            client = self._session()
+            if not all(a.isascii() for a in (row.mail_from, *recipients)):
+                # RFC 6531: an internationalised address needs a relay that takes SMTPUTF8.
+                if not client.has_extn("smtputf8"):
+                    raise PermanentFailure("the relay does not offer SMTPUTF8 for a non-ASCII address")
+                options.append("SMTPUTF8")
+            refused = client.sendmail(row.mail_from, recipients, row.raw, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = {r: code for r, (code, _) in exc.recipients.items()}
             if all(code >= 500 for code in codes.values()):

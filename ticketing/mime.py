@@ -52,7 +52,12 @@ def address(name: str, addr: str) -> str:
     """'Display Name <addr>', the name quoted or encoded as RFC 5322/2047 want it."""
     name = one_line(name)
     addr = one_line(addr).replace(" ", "")
-    return formataddr((name, addr), charset="utf-8") if name else addr
+    if not name:
+        return addr
+    if addr.isascii():
+        return formataddr((name, addr), charset="utf-8")
+    # An internationalised address (RFC 6532) goes as it is; the name is still encoded.
+    return f"{Header(name, 'utf-8').encode()} <{addr}>"
 
 
 def address_header(name: str, addresses: Sequence[str]) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
 import email
 import email.policy
 import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
-from email.header import decode_header, make_header
+from email.header import decode_header
 from email.message import Message
 from email.utils import getaddresses
 
@@ -85,17 +86,58 @@ def text_of(value: object) -> str:
     if not isinstance(value, str):
         value = str(value)
     if any("\udc80" <= c <= "\udcff" for c in value):
-        raw = value.encode("utf-8", "surrogateescape")
-        try:
-            value = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            value = raw.decode("cp1252", "replace")
+        value = decode_bytes(value.encode("utf-8", "surrogateescape"), "utf-8")
+    elif "\x1b" in value:  # raw ISO-2022-JP, as old Japanese clients write headers
+        value = decode_bytes(value.encode("ascii", "replace"), "iso-2022-jp")
     if "=?" in value:
         try:
-            value = str(make_header(decode_header(value)))
+            words = decode_header(value)
         except (LookupError, UnicodeError, ValueError, email.errors.HeaderParseError):
-            pass
+            return value
+        value = "".join(
+            decode_bytes(word, charset or "us-ascii") if isinstance(word, bytes) else word
+            for word, charset in words
+        )
     return value
+
+
+# What senders label one charset but write in another: first its superset (WHATWG
+# Encoding reads these labels so), then the label, then UTF-8. Japanese mail labelled
+# ISO-2022-JP is often EUC-JP or Shift_JIS on the wire.
+_READ_AS: dict[str, tuple[str, ...]] = {
+    "us-ascii": ("utf-8",), "ascii": ("utf-8",),  # 8-bit under an ASCII label: mislabelled
+    "iso-8859-1": ("cp1252",), "latin1": ("cp1252",),
+    "gb2312": ("gb18030",), "gbk": ("gb18030",), "x-gbk": ("gb18030",),
+    "ks_c_5601-1987": ("cp949",), "euc-kr": ("cp949",),
+    "shift_jis": ("cp932",), "sjis": ("cp932",),
+    "iso-2022-jp": ("iso2022_jp_ext", "euc_jp", "cp932"),
+    "unicode-1-1-utf-7": ("utf-7",), "uft-8": ("utf-8",),
+    "iso-8859-8-i": ("iso-8859-8",), "x-mac-cyrillic": ("mac-cyrillic",),
+}
+
+
+def _cp1252_for_the_rest(error: UnicodeError) -> tuple[str, int]:
+    """Decoding error handler: bytes that are not UTF-8 read as cp1252 (latin-1 where it has none)."""
+    assert isinstance(error, UnicodeDecodeError)
+    bad = error.object[error.start : error.end]
+    return "".join(bytes([b]).decode("cp1252", "ignore") or chr(b) for b in bad), error.end
+
+
+codecs.register_error("mailgate-cp1252", _cp1252_for_the_rest)
+
+
+def decode_bytes(data: bytes, charset: str) -> str:
+    """Bytes in a declared charset, read as well as they can be; never fails.
+
+    A part mixing UTF-8 with cp1252 (a reply pasted into a message) keeps both readable.
+    """
+    charset = (charset or "utf-8").strip().strip("\"'").lower()
+    for candidate in (*_READ_AS.get(charset, ()), charset, "utf-8"):
+        try:
+            return data.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("utf-8", "mailgate-cp1252")
 
 
 def _one_line(value: str) -> str:
@@ -104,17 +146,28 @@ def _one_line(value: str) -> str:
 
 def _ids(value: str) -> tuple[str, ...]:
     found = _MSGID.findall(value)
-    if not found and value.strip() and " " not in value.strip():
-        found = [value.strip().strip("<>")]  # a bare id without brackets, as some clients write
-    return tuple(dict.fromkeys(found))
+    bare = value.split()
+    if not found and len(bare) == 1:
+        found = [bare[0].strip("<>")]  # a bare id without brackets, as some clients write
+    # Ids go back out in our In-Reply-To and References: nothing that is not printable.
+    return tuple(dict.fromkeys(i for i in found if i.isprintable() and len(i) <= 900))
+
+
+# A Q-encoded word in a display name may carry only letters, digits and "!*+-/=_"
+# (RFC 2047 5(3)); a hostile one carries ":", "@" or "," to smuggle in an address.
+_Q_WORD = re.compile(r"=\?[^?\s]+\?[qQ]\?[^?\s]*\?=")
+_SPECIALS = re.compile(r'[()<>@,;:\\".\[\]]')
 
 
 def _addresses(values: list[str]) -> tuple[Address, ...]:
     found: dict[str, Address] = {}
-    for name, addr in getaddresses([text_of(v) for v in values]):
-        address = normalize(addr)
+    # Split first, decode after: a decoded name may hold a comma or a colon.
+    safe = [_Q_WORD.sub(lambda w: _SPECIALS.sub(lambda c: f"={ord(c[0]):02X}", w[0]), v)
+            for v in values]
+    for name, addr in getaddresses(safe):
+        address = normalize(text_of(addr))
         if address and address not in found:
-            found[address] = Address(address, _one_line(text_of(name)))
+            found[address] = Address(address, _one_line(text_of(name))[:200])
     return tuple(found.values())
 
 
@@ -122,23 +175,57 @@ def _decode_part(part: Message) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
-    charset = (part.get_content_charset() or "utf-8").lower()
-    for candidate in (charset, "utf-8", "cp1252"):
-        try:
-            return payload.decode(candidate)
-        except (LookupError, UnicodeDecodeError):
-            continue
-    return payload.decode("utf-8", "replace")
+    try:
+        charset = part.get_content_charset() or "utf-8"
+    except (LookupError, UnicodeError, ValueError):
+        charset = "utf-8"
+    return decode_bytes(payload, charset)
 
 
 def _filename(part: Message) -> str:
     try:
         name = part.get_filename() or part.get_param("name") or ""
+        if "\ufffd" in str(name):
+            # compat32 shows raw 8-bit bytes in a parameter as U+FFFD: read the raw header.
+            name = _readable_headers(part).get_filename() or ""
     except (LookupError, UnicodeError, ValueError):
         name = ""
     if isinstance(name, tuple):  # an RFC 2231 value the stdlib could not collapse
         name = email.utils.collapse_rfc2231_value(name)
     return text_of(str(name))
+
+
+def _readable_headers(part: Message) -> Message:
+    """The part's Content-Type and -Disposition with raw 8-bit bytes decoded (UTF-8, else cp1252)."""
+    stub = Message()
+    for key, value in part.raw_items():
+        if key.lower() in ("content-type", "content-disposition"):
+            stub[key] = decode_bytes(str(value).encode("utf-8", "surrogateescape"), "utf-8")
+    return stub
+
+
+# Machine-readable report parts (RFC 6522) and header excerpts: kept as files, not as text.
+_REPORT_PARTS = {
+    "message/delivery-status": "delivery-status.txt",
+    "message/global-delivery-status": "delivery-status.txt",
+    "message/disposition-notification": "disposition-notification.txt",
+    "message/global-disposition-notification": "disposition-notification.txt",
+    "message/feedback-report": "feedback-report.txt",
+    "text/rfc822-headers": "headers.txt",
+    "message/global-headers": "headers.txt",
+}
+_ENCLOSED = ("message/rfc822", "message/global")  # RFC 6532: global is rfc822 in UTF-8
+_TNEF = ("application/ms-tnef", "application/vnd.ms-tnef")
+
+
+def _payload_bytes(part: Message) -> bytes:
+    """A leaf's decoded bytes; for a part the parser split into blocks, the blocks again."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return b"\n".join(p.as_bytes(policy=email.policy.compat32) for p in payload
+                          if isinstance(p, Message))
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
 
 
 class _Walk:
@@ -149,96 +236,102 @@ class _Walk:
         self.html: list[str] = []
         self.attachments: list[ParsedAttachment] = []
 
-    def part(self, part: Message, depth: int = 0, in_alternative: bool = False) -> None:
+    def part(self, part: Message, depth: int = 0) -> None:
         ctype = part.get_content_type()
-        if (part.is_multipart() and ctype == "message/rfc822") or ctype == "message/rfc822":
+        if ctype in _ENCLOSED:
             self._enclosed(part)
-            return
-        if part.is_multipart():
-            if depth >= _MAX_DEPTH:
-                return
+        elif ctype in _REPORT_PARTS:
+            self._attach(part, _filename(part) or _REPORT_PARTS[ctype], ctype, _payload_bytes(part))
+        elif part.is_multipart():
             payload = part.get_payload()
-            children = payload if isinstance(payload, list) else []
-            alternative = ctype == "multipart/alternative"
-            for child in children:
+            for child in payload if isinstance(payload, list) and depth < _MAX_DEPTH else []:
                 if isinstance(child, Message):
-                    self.part(child, depth + 1, alternative)
-            return
+                    self.part(child, depth + 1)
+        elif ctype.startswith("multipart/"):
+            # A multipart whose boundary never appears: its text is all there is to read.
+            self.text.append(_decode_part(part))
+        else:
+            self._leaf(part, ctype)
+
+    def _leaf(self, part: Message, ctype: str) -> None:
         disposition = (part.get_content_disposition() or "").lower()
         name = _filename(part)
-        is_body = (
-            ctype in ("text/plain", "text/html")
-            and disposition != "attachment"
-            and not name
-        )
-        if is_body:
-            (self.text if ctype == "text/plain" else self.html).append(_decode_part(part))
-            return
-        if ctype in ("application/ms-tnef", "application/vnd.ms-tnef") or name.lower() == "winmail.dat":
-            data = part.get_payload(decode=True)
-            if isinstance(data, bytes) and self._tnef(data):
+        if ctype in ("text/plain", "text/html") and disposition != "attachment":
+            bodies = self.text if ctype == "text/plain" else self.html
+            # A named text part is an attachment, unless it is the first body of its kind
+            # (a one-part mail with a name= parameter): the stdlib's get_body() reads so too.
+            if not name or not bodies:
+                bodies.append(_decode_part(part))
                 return
-        data = part.get_payload(decode=True)
-        if not isinstance(data, bytes):
-            data = b""
+        data = _payload_bytes(part)
+        if (ctype in _TNEF or name.lower() == "winmail.dat") and self._tnef(data):
+            return
         if not name and ctype.startswith("text/") and disposition != "attachment":
-            # An inline text part of another kind (text/enriched, text/calendar...):
-            # keep it as text when there is no plain body.
+            # Another inline text kind (text/enriched, text/calendar...): read it as text.
             self.text.append(_decode_part(part))
             return
-        self.attachments.append(
-            ParsedAttachment(
-                filename=safe_filename(name, ctype),
-                content_type=ctype,
-                data=data,
-                inline=disposition == "inline" or bool(part.get("Content-ID") and not name),
-                content_id=_one_line(str(part.get("Content-ID", ""))).strip("<>"),
-            )
-        )
+        self._attach(part, name, ctype, data)
+
+    def _attach(self, part: Message, name: str, ctype: str, data: bytes) -> None:
+        disposition = (part.get_content_disposition() or "").lower()
+        content_id = _one_line(str(part.get("Content-ID", ""))).strip("<>")
+        self.attachments.append(ParsedAttachment(
+            filename=safe_filename(name, ctype),
+            content_type=ctype,
+            data=data,
+            inline=disposition == "inline" or bool(content_id and not name),
+            content_id=content_id,
+        ))
 
     def _enclosed(self, part: Message) -> None:
         payload = part.get_payload()
         inner = payload[0] if isinstance(payload, list) and payload else None
+        subject = ""
         if isinstance(inner, Message):
             data = inner.as_bytes(policy=email.policy.compat32)
-            subject = text_of(inner.get("Subject", ""))
+            subject = _one_line(text_of(inner.get("Subject", "")))
         else:
-            raw = part.get_payload(decode=True)
-            data = raw if isinstance(raw, bytes) else b""
-            subject = ""
-        name = _filename(part) or (subject + ".eml" if subject else "message.eml")
-        self.attachments.append(
-            ParsedAttachment(safe_filename(name, "message/rfc822"), "message/rfc822", data)
-        )
+            data = _payload_bytes(part)
+        name = _filename(part) or (subject + ".eml" if subject else "")
+        self._attach(part, name, "message/rfc822", data)
 
     def _tnef(self, data: bytes) -> bool:
+        """Unpack winmail.dat into its files and body; False keeps the blob as it came."""
         unpacked = unpack_tnef(data)
-        if unpacked is None:
+        if unpacked is None or not any(unpacked):
             return False
         text, html, files = unpacked
         if text:
             self.text.append(text)
         if html:
             self.html.append(html)
-        for filename, content in files:
-            self.attachments.append(
-                ParsedAttachment(safe_filename(filename, "application/octet-stream"),
-                                 _guess_type(filename), content)
-            )
+        for filename, kind, content in files:
+            self.attachments.append(ParsedAttachment(safe_filename(filename, kind), kind, content))
         return True
 
 
-def _guess_type(filename: str) -> str:
-    import mimetypes
-
-    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
-
-
 def _headers(message: Message) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for key, value in message.items():
-        pairs.append((str(key).lower(), text_of(value)))
-    return tuple(pairs)
+    # raw_items(): compat32's get() turns raw 8-bit bytes into U+FFFD before we can read them.
+    return tuple((str(key).lower(), text_of(value)) for key, value in message.raw_items())
+
+
+def _garbled(text: str) -> int:
+    """Signs of a body read in the wrong charset: U+FFFD, or ISO-2022-JP escapes left in."""
+    return text.count("\ufffd") + text.count("\x1b")
+
+
+def _tree(raw: bytes, message: Message) -> Message:
+    """The MIME tree to walk: compat32 keeps a folded boundary parameter folded, so its
+    parts are never found; the default policy unfolds it (RFC 5322 2.2.3)."""
+    if not any(isinstance(d, email.errors.StartBoundaryNotFoundDefect)
+               for part in message.walk() for d in part.defects):
+        return message
+    try:
+        unfolded = email.message_from_bytes(raw, policy=email.policy.default)
+        unfolded.get_body()  # reads the headers the walk reads; a parser bug shows here
+    except Exception:
+        return message
+    return unfolded
 
 
 def parse_mail(raw: bytes) -> ParsedMail:
@@ -259,37 +352,41 @@ def parse_mail(raw: bytes) -> ParsedMail:
     # One walk of the same tree finds what mail-parser leaves out: enclosed messages,
     # TNEF, report parts, bodies it reads as empty (FACTS: its gaps on real mail).
     walk = _Walk()
-    walk.part(message)
+    walk.part(_tree(raw, message))
     walked_text = "\n".join(t for t in walk.text if t.strip())
     html = "\n".join(walk.html)
     parser = "mail-parser"
     text = mp_text
-    if len(mp_text.strip()) < len(walked_text.strip()):
+    if len(mp_text.strip()) < len(walked_text.strip()) or _garbled(mp_text) > _garbled(walked_text):
         text, parser = walked_text, "stdlib"
-    subject = mp_subject
-    if not subject or "\ufffd" in subject:
-        subject = _one_line(text_of(message.get("Subject", "")))
     if not text.strip() and html.strip():
         text = html_to_text(html)
-    sender = _addresses(message.get_all("From", []) or [])
+    headers = _headers(message)
+
+    def every(name: str) -> list[str]:
+        return [value for key, value in headers if key == name]
+
+    def raw_all(name: str) -> list[str]:
+        return [str(value) for key, value in message.raw_items() if key.lower() == name]
+
+    sender = _addresses(raw_all("from"))
+    # Headers are read by our own decoder (charset supersets, raw 8-bit): mail-parser
+    # turns an encoded word in a label narrower than its bytes into mojibake.
+    subject = _one_line(next(iter(every("subject")), "")) or mp_subject
     return ParsedMail(
-        message_id=next(iter(_ids(text_of(message.get("Message-ID", "")))), ""),
+        message_id=next(iter(_ids(next(iter(every("message-id")), ""))), ""),
         subject=subject,
         sender=sender[0] if sender else None,
-        to=_addresses(message.get_all("To", []) or []),
-        cc=_addresses(message.get_all("Cc", []) or []),
-        reply_to=_addresses(message.get_all("Reply-To", []) or []),
-        delivered_to=tuple(
-            normalize(text_of(v)) for v in message.get_all("Delivered-To", []) or []
-        ),
-        in_reply_to=_ids(text_of(message.get("In-Reply-To", ""))),
-        references=tuple(
-            ref for v in message.get_all("References", []) or [] for ref in _ids(text_of(v))
-        ),
+        to=_addresses(raw_all("to")),
+        cc=_addresses(raw_all("cc")),
+        reply_to=_addresses(raw_all("reply-to")),
+        delivered_to=tuple(normalize(v) for v in every("delivered-to")),
+        in_reply_to=_ids(next(iter(every("in-reply-to")), "")),
+        references=tuple(ref for v in every("references") for ref in _ids(v)),
         text=text.replace("\r\n", "\n").replace("\x00", ""),
         html=html.replace("\x00", ""),
         attachments=tuple(walk.attachments),
-        headers=_headers(message),
+        headers=headers,
         content_type=message.get_content_type(),
         parser=parser,
         defects=tuple(type(d).__name__ for d in message.defects),

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import mimetypes
 
 log = logging.getLogger(__name__)
 logging.getLogger("tnefparse").setLevel(logging.ERROR)
 
 
-def unpack_tnef(data: bytes) -> tuple[str, str, list[tuple[str, bytes]]] | None:
-    """(text, html, [(filename, bytes)]), or None when the blob is not TNEF we can read."""
+def unpack_tnef(data: bytes) -> tuple[str, str, list[tuple[str, str, bytes]]] | None:
+    """(text, html, [(filename, content type, bytes)]), or None when the blob is not TNEF
+    we can read."""
     try:
         from tnefparse import TNEF
 
@@ -19,12 +21,14 @@ def unpack_tnef(data: bytes) -> tuple[str, str, list[tuple[str, bytes]]] | None:
         return None
     files = []
     for attachment in tnef.attachments:
-        name = attachment.long_filename() or attachment.name or "attachment"
-        if isinstance(name, bytes):
-            name = name.decode("utf-8", "replace")
-        files.append((str(name), bytes(attachment.data or b"")))
+        name = _as_text(attachment.long_filename() or attachment.name) or "attachment"
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        files.append((name, kind, bytes(attachment.data or b"")))
     text = _as_text(getattr(tnef, "body", None))
     html = _as_text(getattr(tnef, "htmlbody", None))
+    rtf = getattr(tnef, "rtfbody", None)
+    if not (text or html) and isinstance(rtf, bytes) and rtf:
+        files.append(("message.rtf", "application/rtf", rtf))  # Outlook's only copy of the body
     return text, html, files
 
 
