@@ -50,9 +50,10 @@ def make_request(i: int) -> bytes:
 
 def wait_listening(process: subprocess.Popen[bytes]) -> None:
     assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line:
-        raise RuntimeError("server did not start")
+    for line in process.stdout:
+        if b"listening" in line:
+            return
+    raise RuntimeError("server did not start")
 
 
 def run_load(port: int, messages: list[bytes], connections: int,
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--offered", type=float, default=100.0)
+    parser.add_argument("--profile", metavar="FILE",
+                        help="run serve under py-spy and write its collapsed stacks here")
     args = parser.parse_args()
     messages = [make_request(i) for i in range(args.messages)]
     with tempfile.TemporaryDirectory(prefix="mailgate-bench-") as folder:
@@ -147,8 +150,12 @@ def main() -> None:
             subprocess.run([PYTHON, "-m", "mailgate.cli", "--config", str(config), "init"],
                            check=True, env=env, capture_output=True)
             log = open(workdir / "serve.log", "wb")
+            command = [PYTHON, "-m", "mailgate.cli", "--config", str(config), "serve"]
+            if args.profile:
+                command = ["py-spy", "record", "--format", "raw", "-r", "250", "-o",
+                           args.profile, "--", *command]
             serve = subprocess.Popen(
-                [PYTHON, "-m", "mailgate.cli", "--config", str(config), "serve"],
+                command,
                 stdout=subprocess.PIPE, stderr=log, env=env)
             processes.append(serve)
             wait_listening(serve)

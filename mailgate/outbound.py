@@ -165,123 +165,114 @@ def _due(now: datetime) -> Any:
             or_(col(Outbox.claimed_until).is_(None), col(Outbox.claimed_until) < now))
 
 
-def claim_next(desk: Desk, worker: str) -> Outbox | None:
+@dataclass(frozen=True)
+class Attempt:
+    """What one send gave: sent (perhaps with some recipients refused), or an error."""
+
+    row: Outbox
+    sent: Sent | None = None
+    error: str = ""
+    permanent: bool = False
+    refused: tuple[str, ...] = ()
+
+
+def _claim(session: Session, desk: Desk, worker: str) -> Outbox | None:
     """Take the next due mail for this worker alone, just before sending it.
 
     A conditional UPDATE wins each row once across threads, processes and machines on
     one database; the lease runs out only if the worker dies, so no batch can outlive it.
     """
+    lease = timedelta(seconds=desk.settings.outbound.lease)
     for _ in range(5):  # another worker may win the row we picked: pick again
         now = desk.clock.now()
-        with transaction(desk.engine) as session:
-            row_id = session.exec(
-                select(Outbox.id).where(*_due(now)).order_by(col(Outbox.id)).limit(1)
-            ).first()
-            if row_id is None:
-                return None
-            result = session.execute(
-                update(Outbox).where(col(Outbox.id) == row_id, *_due(now)).values(
-                    claimed_by=worker,
-                    claimed_until=now + timedelta(seconds=desk.settings.outbound.lease))
-            )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                return session.get(Outbox, row_id)
+        row_id = session.exec(
+            select(Outbox.id).where(*_due(now)).order_by(col(Outbox.id)).limit(1)
+        ).first()
+        if row_id is None:
+            return None
+        result = session.execute(
+            update(Outbox).where(col(Outbox.id) == row_id, *_due(now))
+            .values(claimed_by=worker, claimed_until=now + lease)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            return session.get(Outbox, row_id)
     return None
 
 
+def claim_next(desk: Desk, worker: str) -> Outbox | None:
+    with transaction(desk.engine) as session:
+        return _claim(session, desk, worker)
+
+
 def deliver_due(desk: Desk, transport: Transport, worker: str, limit: int = 20) -> int:
-    """Send up to `limit` due mails over one relay connection; returns how many were sent."""
+    """Send up to `limit` due mails over one relay connection; returns how many were sent.
+
+    Each send's result is recorded in the same short transaction that claims the next
+    mail: one commit a mail, and a mail is held only while it is being sent.
+    """
     sent = 0
+    previous: Attempt | None = None
     try:
         for _ in range(limit):
-            row = claim_next(desk, worker)
+            with transaction(desk.engine) as session:
+                if previous is not None:
+                    _record(session, desk, previous, worker)
+                row = _claim(session, desk, worker)
+            previous = None
             if row is None:
                 break
-            sent += _deliver(desk, transport, row, worker)
+            previous = _attempt(transport, row)
+            sent += previous.sent is not None
+        if previous is not None:
+            with transaction(desk.engine) as session:
+                _record(session, desk, previous, worker)
     finally:
         transport.close()
     return sent
 
 
-def _deliver(desk: Desk, transport: Transport, row: Outbox, worker: str) -> int:
+def _attempt(transport: Transport, row: Outbox) -> Attempt:
     try:
-        result = transport.send(row)
+        return Attempt(row, sent=transport.send(row))
     except TemporaryFailure as exc:
-        _retry(desk, row, str(exc), worker)
-        return 0
+        return Attempt(row, error=str(exc))
     except PermanentFailure as exc:
-        _fail(desk, row, str(exc), exc.refused, worker)
-        return 0
-    except Exception as exc:
+        return Attempt(row, error=str(exc), permanent=True, refused=exc.refused)
+    except Exception as exc:  # a transport bug: retry rather than lose the mail
         log.exception("outbox %s: unexpected failure", row.id)
-        _retry(desk, row, f"{type(exc).__name__}: {exc}", worker)
-        return 0
-    _done(desk, row, result, worker)
-    return 1
+        return Attempt(row, error=f"{type(exc).__name__}: {exc}")
 
 
-def _ours(session: Session, row: Outbox, worker: str) -> Outbox | None:
-    """The row, if this worker still holds it (an operator or a lease may have moved it)."""
+def _record(session: Session, desk: Desk, attempt: Attempt, worker: str) -> None:
+    row = attempt.row
     stored = session.get(Outbox, row.id)
     if stored is None or stored.claimed_by != worker:
+        # An operator or an expired lease moved it: the other holder records it.
         log.warning("outbox %s: no longer held by %s; leaving it", row.id, worker)
-        return None
-    return stored
-
-
-def _done(desk: Desk, row: Outbox, result: Sent, worker: str) -> None:
-    now = desk.clock.now()
-    with transaction(desk.engine) as session:
-        stored = _ours(session, row, worker)
-        if stored is None:
-            return
-        stored.status = "sent"
-        stored.sent_at = now
-        stored.attempts += 1
-        stored.claimed_until = None
-        stored.last_error = f"refused: {', '.join(result.refused)}" if result.refused else ""
-        session.add(stored)
-        for address in result.refused:
-            mark_bouncing(session, address, "refused by the relay", now)
-    log.info("[#%s] <%s> sent to %s", row.ticket_id or "-", row.message_id, row.recipients)
-
-
-def _retry(desk: Desk, row: Outbox, error: str, worker: str) -> None:
+        return
     now = desk.clock.now()
     settings = desk.settings.outbound
-    with transaction(desk.engine) as session:
-        stored = _ours(session, row, worker)
-        if stored is None:
-            return
-        stored.attempts += 1
-        stored.last_error = error[:2000]
-        stored.claimed_until = None
-        too_old = now - stored.created_at > timedelta(seconds=settings.give_up_after)
-        if stored.attempts >= settings.max_attempts or too_old:
-            stored.status = "failed"
-            log.error("[#%s] <%s> given up after %d attempts: %s", row.ticket_id or "-",
-                      row.message_id, stored.attempts, error)
-        else:
-            stored.next_attempt_at = now + backoff(stored.attempts, settings.retry_base)
-            log.warning("[#%s] <%s> attempt %d failed, retry at %s: %s", row.ticket_id or "-",
-                        row.message_id, stored.attempts, stored.next_attempt_at, error)
-        session.add(stored)
-
-
-def _fail(desk: Desk, row: Outbox, error: str, refused: tuple[str, ...], worker: str) -> None:
-    now = desk.clock.now()
-    with transaction(desk.engine) as session:
-        stored = _ours(session, row, worker)
-        if stored is None:
-            return
+    label = f"[#{row.ticket_id or '-'}] <{row.message_id}>"
+    stored.attempts += 1
+    stored.claimed_until = None
+    refused = attempt.sent.refused if attempt.sent else attempt.refused
+    for address in refused:
+        mark_bouncing(session, address, attempt.error or "refused by the relay", now)
+    if attempt.sent is not None:
+        stored.status, stored.sent_at = "sent", now
+        stored.last_error = f"refused: {', '.join(refused)}" if refused else ""
+        log.info("%s sent to %s", label, row.recipients)
+        return
+    stored.last_error = attempt.error[:2000]
+    too_old = now - stored.created_at > timedelta(seconds=settings.give_up_after)
+    if attempt.permanent or stored.attempts >= settings.max_attempts or too_old:
         stored.status = "failed"
-        stored.attempts += 1
-        stored.last_error = error[:2000]
-        stored.claimed_until = None
-        session.add(stored)
-        for address in refused:
-            mark_bouncing(session, address, error, now)
-    log.error("[#%s] <%s> failed for good: %s", row.ticket_id or "-", row.message_id, error)
+        log.error("%s failed for good after %d attempts: %s", label, stored.attempts,
+                  attempt.error)
+    else:
+        stored.next_attempt_at = now + backoff(stored.attempts, settings.retry_base)
+        log.warning("%s attempt %d failed, retry at %s: %s", label, stored.attempts,
+                    stored.next_attempt_at, attempt.error)
 
 
 def retry_now(desk: Desk, outbox_id: int | None, clock: Clock | None = None) -> int:

@@ -49,9 +49,10 @@ async def serve(
     wake_outbound = asyncio.Event()
     wake_pages = asyncio.Event()
 
-    def wake() -> None:
+    def wake(pages: bool) -> None:
         loop.call_soon_threadsafe(wake_outbound.set)
-        loop.call_soon_threadsafe(wake_pages.set)
+        if pages:
+            loop.call_soon_threadsafe(wake_pages.set)
 
     desk.on_commit.append(wake)
     for signum in (signal.SIGTERM, signal.SIGINT):

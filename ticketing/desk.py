@@ -25,8 +25,9 @@ class Desk:
     clock: Clock
     blobs: BlobStore
     templates: Templates
-    # Called after each commit that queued mail or pages, so workers start at once.
-    on_commit: list[Callable[[], None]] = field(default_factory=list)
+    # Called after each commit that queued mail (and whether it queued pages too), so
+    # the workers start at once.
+    on_commit: list[Callable[[bool], None]] = field(default_factory=list)
 
     @classmethod
     def create(
@@ -46,9 +47,9 @@ class Desk:
 
         return ingest(self, inbound)
 
-    def committed(self) -> None:
+    def committed(self, pages: bool) -> None:
         for callback in self.on_commit:
             try:
-                callback()
+                callback(pages)
             except Exception:  # a wake-up that fails must not undo an acknowledged mail
                 log.exception("wake-up after commit failed")

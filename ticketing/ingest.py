@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from ticketing.db import StorageError, transaction
 from ticketing.inbound import Inbound, Outcome
-from ticketing.models import Message, Quarantine
+from ticketing.models import Message, Page, Quarantine
 from ticketing.parse import ParsedMail, parse_mail
 from ticketing.screening import Verdict, screen
 from ticketing.tickets import StoredFile, file_classified, file_reply, open_or_hold, store_files
@@ -53,6 +53,8 @@ def ingest(desk: Desk, inbound: Inbound) -> Outcome:
         try:
             with transaction(desk.engine) as session:
                 outcome = _record(session, desk, inbound, mail, key, raw_sha256, files, verdict)
+                session.flush()
+                paged = any(isinstance(row, Page) for row in session.identity_map.values())
             break
         except IntegrityError:
             # A concurrent copy of the same mail (or a ticket row raced) won: look again.
@@ -65,7 +67,7 @@ def ingest(desk: Desk, inbound: Inbound) -> Outcome:
     log.info("<%s> %s via %s: %s%s", label, outcome.status, inbound.route,
              f"#{outcome.ticket} " if outcome.ticket else "", outcome.detail)
     if outcome.status != "duplicate":
-        desk.committed()
+        desk.committed(paged)
     return outcome
 
 
@@ -173,5 +175,5 @@ def release(desk: Desk, message_pk: int) -> Outcome:
         session.add(account)
         # Its attachments were recorded when it was held: no files to add again.
         outcome = open_ticket(session, desk, mail, message, [], sender)
-    desk.committed()
+    desk.committed(pages=True)
     return outcome
