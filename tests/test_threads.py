@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import email.utils
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
@@ -10,7 +12,7 @@ import pytest
 from sqlmodel import select
 
 from tests.harness import Received, Relay, request, send, serving
-from tests.servers import free_port
+from tests.servers import corpus_dir, free_port
 from ticketing.conversation import reply_token
 from ticketing.db import transaction
 from ticketing.desk import Desk
@@ -226,3 +228,48 @@ def test_bad_agent_command_gets_a_private_error_not_a_public_reply(desk: Desk, r
         after = relay.received[step:]
     assert recipients(after) == [ALICE]
     assert "finished" in after[0].text()
+
+
+def _rethread(raw: bytes, sender: str, in_reply_to: str, references: list[str],
+              subject: str | None = None) -> bytes:
+    """A real client's mail made into an answer to one of ours: only the addressing and
+    threading headers change, the body and structure stay as the client built them."""
+    message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    for name in ("From", "To", "Cc", "In-Reply-To", "References", "Delivered-To"):
+        del message[name]
+    message["From"] = sender
+    message["To"] = "support@example.com"
+    message["In-Reply-To"] = in_reply_to
+    message["References"] = " ".join(references)
+    if subject is not None:
+        del message["Subject"]
+        message["Subject"] = subject
+    return message.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n"))
+
+
+def test_replies_as_real_clients_build_them_land_in_the_ticket(desk: Desk, relay: Relay) -> None:
+    corpus = corpus_dir()
+    gmail = (corpus / "django-mailbox" / "message_with_long_content.eml").read_bytes()
+    zimbra_forward = (corpus / "php-mime-mail-parser" / "issue158a").read_bytes()
+    with serving(desk) as port:
+        send(port, request("Invoices missing", "March invoices are missing.", sender=CAROL))
+        confirmation = relay.wait_for(1, where=lambda r: CAROL in r.rcpt_tos)[0]
+        ours = confirmation.message["Message-ID"]
+        # Gmail: a long References chain with ours somewhere in the middle.
+        chain = [f"<CAAq{i}x@mail.gmail.com>" for i in range(30)]
+        send(port, _rethread(gmail, CAROL, chain[-1], [*chain[:15], ours, *chain[15:]]),
+             sender=CAROL)
+        # A reply that changed the subject, answering our mail directly.
+        send(port, _rethread(gmail, CAROL, ours, [ours], subject="Totally different subject")
+             .replace(b"CAAqFzoDNo1JC", b"CAAqFzoDNo2JC"), sender=CAROL)
+        # A forward (Zimbra, with the forwarded mail enclosed) that keeps our References.
+        send(port, _rethread(zimbra_forward, CAROL, ours, [ours]), sender=CAROL)
+        relay.settle()
+    with transaction(desk.engine) as session:
+        tickets = session.exec(select(Ticket)).all()
+        shown = show_ticket(session, tickets[0].id or 0)
+    assert len(tickets) == 1
+    assert shown is not None
+    assert shown["subject"] == "Invoices missing"  # a changed subject does not rename it
+    assert [m["kind"] for m in shown["messages"]] == ["request", "reply", "reply", "reply"]
+    assert shown["messages"][3]["attachments"]  # the enclosed mail came along
