@@ -137,9 +137,18 @@ def test_the_whole_story_reaches_everyone_once(desk: Desk, relay: Relay) -> None
     assert texts[2] == "Also happens for PDF exports."
     assert texts[3] == "The export queue is stuck again."
     assert "wrote:" in shown["messages"][1]["full_text"]
-    # Every mail we sent threads: one conversation per ticket in every client.
+    # Every mail we sent threads: one conversation per ticket in every reader's client.
+    # Each reader's next mail answers one they already hold and names them all.
+    held: dict[str, list[str]] = {}
     for mail in relay.received:
         assert f"[#{ticket.id}]" in mail.message["Subject"]
+        for reader in mail.rcpt_tos:
+            before = held.setdefault(reader, [])
+            if before:
+                if reader == mail.rcpt_tos[0]:
+                    assert mail.message["In-Reply-To"] == before[-1]
+                assert set(before) <= set(mail.message["References"].split())
+            before.append(mail.message["Message-ID"])
 
 
 def test_stranger_with_ticket_number_but_no_token_opens_new_ticket(desk: Desk, relay: Relay) -> None:

@@ -80,7 +80,7 @@ class Match:
 
 def find_ticket(
     session: Session, mail: ParsedMail, inbound: Inbound, settings: Settings, sender: str,
-    sender_is_agent: bool = False,
+    sender_is_agent: bool = False, unverified_agent: bool = False,
 ) -> Match | None:
     """The ticket a mail answers, by SPEC section 3's order; None means a new ticket."""
     ids = mail.thread_ids
@@ -106,7 +106,11 @@ def find_ticket(
     tag = TAG.search(mail.subject)
     if tag:
         ticket = session.get(Ticket, int(tag.group(1)))
-        if ticket is not None and (sender_is_agent or takes_part(session, ticket, sender)):
+        # An agent's address that failed authentication is anyone's: its place on the
+        # ticket (assignee, agent) proves nothing.
+        if ticket is not None and (
+            sender_is_agent or (not unverified_agent and takes_part(session, ticket, sender))
+        ):
             return Match(ticket, "tag")
     return None
 

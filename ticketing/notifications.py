@@ -43,6 +43,9 @@ def enqueue(
     session.add(row)
     if ticket is not None and ticket.id is not None:
         session.add(ThreadRef(message_id=mail.message_id, ticket_id=ticket.id))
+        known = session.info.get("sent", {}).get(ticket.id)
+        if known is not None:  # keep this transaction's view of who holds what current
+            known[1].append((mail.message_id, set(mail.recipients)))
     return row
 
 
@@ -52,10 +55,11 @@ def _ticket_mail(
     thread: tuple[str | None, Sequence[str]] | None = None,
     auto_submitted: str = "auto-generated", **more: Any,
 ) -> Outbox:
-    """One mail about a ticket: its signed Reply-To, threaded under the ticket's mails
-    (or as `thread` says), queued in the outbox."""
+    """One mail about a ticket: its signed Reply-To, threaded under the mails its first
+    reader already has from this ticket (or as `thread` says), queued in the outbox."""
     assert ticket.id is not None
-    in_reply_to, chain = thread if thread is not None else thread_of(session, ticket)
+    readers = [a.address for a in (*to, *more.get("cc", ()))]
+    in_reply_to, chain = thread if thread is not None else thread_of(session, ticket, readers)
     mail = compose(
         desk.settings, to=to, subject=subject, text=text, html=html, now=now,
         reply_to=reply_address(ticket.id, desk.settings), in_reply_to=in_reply_to,
@@ -94,15 +98,39 @@ def _bouncing(session: Session, addresses: Iterable[str]) -> set[str]:
     return {a for a, bouncing in known.items() if bouncing}
 
 
-def thread_of(session: Session, ticket: Ticket) -> tuple[str | None, list[str]]:
-    """(the Message-ID to answer, the References chain) for a new mail on the ticket."""
-    rows = session.exec(
-        select(Message.message_id)
-        .where(Message.ticket_id == ticket.id, Message.message_id != "")
-        .order_by(col(Message.id))
-    ).all()
-    chain = [m for m in rows if m]
-    return (chain[-1] if chain else None), chain
+def thread_of(
+    session: Session, ticket: Ticket, readers: Sequence[str]
+) -> tuple[str | None, list[str]]:
+    """(the Message-ID to answer, the References chain) for a new mail on the ticket:
+    the opening request, then every mail of ours these readers were sent; it answers the
+    first reader's latest.
+
+    Each reader holds only their own copies (each has its own Message-ID), so a chain of
+    those is what their client can thread on (RFC 5322 3.6.4).
+    """
+    root, sent = _sent(session, ticket)
+    wanted = set(readers)
+    chain = ([root] if root else []) + [m for m, to in sent if to & wanted]
+    first = [m for m, to in sent if readers and readers[0] in to]
+    return (first[-1] if first else root or None), chain
+
+
+def _sent(session: Session, ticket: Ticket) -> tuple[str, list[tuple[str, set[str]]]]:
+    """The ticket's opening Message-ID, and each mail of ours with its recipients, in order;
+    read once a transaction, then kept current by enqueue()."""
+    cache: dict[int, tuple[str, list[tuple[str, set[str]]]]] = session.info.setdefault("sent", {})
+    assert ticket.id is not None
+    if ticket.id not in cache:
+        root = session.exec(
+            select(Message.message_id).where(Message.ticket_id == ticket.id, Message.message_id != "")
+            .order_by(col(Message.id)).limit(1)
+        ).first() or ""
+        rows = session.exec(
+            select(Outbox.message_id, Outbox.recipients)
+            .where(Outbox.ticket_id == ticket.id).order_by(col(Outbox.id))
+        ).all()
+        cache[ticket.id] = (root, [(m, set(json.loads(to))) for m, to in rows])
+    return cache[ticket.id]
 
 
 def confirm_new_ticket(
@@ -136,7 +164,7 @@ def confirm_new_ticket(
         "next_opening": next_opening,
     }
     text, html = desk.templates.render("confirmation", **context)
-    _, chain = thread_of(session, ticket)
+    _, chain = thread_of(session, ticket, [requester])
     for address in (requester, *(a.address for a in copied)):
         record_auto_reply(session, address, ticket.id, "confirmation", now)
     return _ticket_mail(
@@ -261,7 +289,6 @@ def fan_out(
     if not recipients:
         return []
     files, omitted = _files(session, desk, message)
-    in_reply_to, chain = thread_of(session, ticket)
     display = message.from_name or message.from_address
     rows = []
     for address, name in recipients.items():
@@ -278,7 +305,7 @@ def fan_out(
         rows.append(_ticket_mail(
             session, desk, ticket, "note" if note else "reply", now, to=[Address(address, name)],
             subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}", text=text, html=html,
-            thread=(in_reply_to, chain), from_name=f"{display} via {desk.settings.support.name}",
+            from_name=f"{display} via {desk.settings.support.name}",
             attachments=files,
         ))
     return rows

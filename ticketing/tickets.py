@@ -230,7 +230,8 @@ def file_reply(
         return None
     agents = agent_addresses(session, desk.settings)
     is_agent = sender.address in agents and agent_authenticated(mail, inbound, desk.settings)
-    match = find_ticket(session, mail, inbound, desk.settings, sender.address, is_agent)
+    match = find_ticket(session, mail, inbound, desk.settings, sender.address, is_agent,
+                        unverified_agent=sender.address in agents and not is_agent)
     if match is None:
         return None
     ticket = match.ticket

@@ -1,0 +1,282 @@
+"""Regressions on the way out: stored files, and outbox rows sent once, refused or deferred."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlmodel import col, select
+
+from mailgate.outbound import RelayTransport, Sent, deliver_due, retry_now
+from tests.harness import Relay, request
+from tests.servers import free_port
+from ticketing.blobs import BlobStore
+from ticketing.clock import FixedClock
+from ticketing.db import transaction
+from ticketing.desk import Desk
+from ticketing.inbound import Inbound
+from ticketing.models import Account, Outbox
+
+ALICE = "alice@example.com"
+GONE = "gone@customer.test"
+LEASE = 300
+
+
+# 1. Content-addressed files written by several threads at once.
+
+def test_threads_storing_the_same_bytes_at_once_leave_the_whole_file(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    threads, rounds = 4, 40
+    barrier = threading.Barrier(threads)
+    problems: list[str] = []
+
+    def writer(number: int) -> None:
+        for round_ in range(rounds):
+            # New bytes each round, so every round races to create the file.
+            data = round_.to_bytes(4, "big") * (3 * 1024 * 1024 // 4)
+            digest = hashlib.sha256(data).hexdigest()
+            barrier.wait()
+            try:
+                assert store.put(data) == digest
+                found = store.path(digest).read_bytes()
+            except Exception as exc:
+                problems.append(f"round {round_}, thread {number}: {type(exc).__name__}: {exc}")
+                continue
+            if found != data:
+                problems.append(f"round {round_}, thread {number}: {len(found)} of "
+                                f"{len(data)} bytes")
+
+    workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert problems == []
+    left = [p.name for p in (tmp_path / "blobs").rglob("*") if p.is_file() and p.name.startswith(".")]
+    assert left == []
+    assert sum(1 for p in (tmp_path / "blobs").rglob("*") if p.is_file()) == rounds
+
+
+# 2. Outbound workers sharing one database, and what relays answer.
+
+class Answering:
+    """A relay on loopback that answers each recipient as told and keeps what it accepts."""
+
+    def __init__(self, answers: dict[str, str] | None = None) -> None:
+        self.answers = dict(answers or {})
+        self.attempts: list[str] = []
+        self.accepted: list[tuple[str, ...]] = []
+        self.port = free_port()
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port,
+                                      decode_data=False)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        self.attempts.append(address)
+        answer = self.answers.get(address.lower(), "250 OK")
+        if answer.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return answer
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.accepted.append(tuple(envelope.rcpt_tos))
+        return "250 OK"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Answering:
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    with Relay() as relay:
+        yield relay
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(datetime(2026, 3, 3, 18, 0, tzinfo=UTC))
+
+
+def _requests(desk: Desk, senders: list[str]) -> None:
+    """Requests as the SMTP listener hands them to ingest: each queues its confirmation."""
+    for sender in senders:
+        raw = request("Exports are slow", "Exports take ten minutes.", sender=sender).as_bytes()
+        outcome = desk.ingest(Inbound(raw, "smtp", sender, ("support@example.com",)))
+        assert outcome.status == "new_ticket", outcome
+
+
+def _utc(value: datetime) -> datetime:
+    """A stored time as an aware UTC datetime, whichever way the backend gives it back."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _outbox(desk: Desk) -> list[Outbox]:
+    with transaction(desk.engine) as session:
+        return list(session.exec(select(Outbox).order_by(col(Outbox.id))).all())
+
+
+class SlowRelay:
+    """The real relay transport on a relay that takes a good part of the lease per mail
+    (on the desk's clock)."""
+
+    def __init__(self, desk: Desk, clock: FixedClock, share: float) -> None:
+        self.inner = RelayTransport(desk.settings.outbound)
+        self.clock = clock
+        self.share = share
+
+    def send(self, row: Outbox) -> Sent:
+        self.clock.advance(seconds=LEASE * self.share)
+        return self.inner.send(row)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_two_workers_at_once_send_each_mail_exactly_once(
+    desks: Callable[..., Desk], relay: Relay, clock: FixedClock
+) -> None:
+    settings = {"outbound": {"relay": relay.address, "lease": LEASE}}
+    # Two desks on one database: two machines, each with its own connections.
+    first, second = desks(clock=clock, **settings), desks(clock=clock, **settings)
+    _requests(first, [f"customer{n}@customer.test" for n in range(24)])
+    rows = _outbox(first)
+    assert len(rows) == 24
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def work(desk: Desk, name: str, transport: Any) -> None:
+        try:
+            barrier.wait()
+            while any(r.status == "pending" for r in _outbox(desk)):
+                deliver_due(desk, transport, name, 6)
+        except BaseException as exc:
+            errors.append(exc)
+
+    # One relay is slow: each mail takes 40% of the lease, so a batch claimed at once
+    # would outlive its lease and the other worker would take it again.
+    workers = [
+        threading.Thread(target=work, args=(first, "machine-a", SlowRelay(first, clock, 0.4))),
+        threading.Thread(target=work, args=(second, "machine-b",
+                                            RelayTransport(second.settings.outbound))),
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert errors == []
+    received = Counter(r.message["Message-ID"].strip("<>") for r in relay.settle(quiet=0.3))
+    assert [mid for mid, count in received.items() if count > 1] == []
+    assert sorted(received) == sorted(r.message_id for r in rows)
+    after = _outbox(first)
+    assert {r.status for r in after} == {"sent"}
+    assert {r.attempts for r in after} == {1}
+
+
+class OperatorMeanwhile:
+    """Worker A's relay: while A holds the mail, the operator retries everything and
+    worker B makes a pass; then A sends."""
+
+    def __init__(self, desk: Desk, other: Desk) -> None:
+        self.inner = RelayTransport(desk.settings.outbound)
+        self.desk, self.other = desk, other
+        self.retried: list[int] = []
+        self.sent_by_other: list[int] = []
+
+    def send(self, row: Outbox) -> Sent:
+        self.retried.append(retry_now(self.desk, None))
+        self.retried.append(retry_now(self.desk, row.id))
+        self.sent_by_other.append(
+            deliver_due(self.other, RelayTransport(self.other.settings.outbound), "machine-b"))
+        return self.inner.send(row)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_operator_retry_leaves_a_mail_another_worker_holds(
+    desks: Callable[..., Desk], relay: Relay, clock: FixedClock
+) -> None:
+    settings = {"outbound": {"relay": relay.address}}
+    first, second = desks(clock=clock, **settings), desks(clock=clock, **settings)
+    _requests(first, ["carol@customer.test"])
+    transport = OperatorMeanwhile(first, second)
+    assert deliver_due(first, transport, "machine-a") == 1
+    assert transport.retried == [0, 0]
+    assert transport.sent_by_other == [0]
+    assert len(relay.settle(quiet=0.3)) == 1
+    [row] = _outbox(first)
+    assert (row.status, row.attempts, row.claimed_by) == ("sent", 1, "machine-a")
+    # Held by nobody, a failed mail is the operator's to retry.
+    with transaction(first.engine) as session:
+        stored = session.get(Outbox, row.id)
+        assert stored is not None
+        stored.status = "failed"
+        session.add(stored)
+    assert retry_now(first, row.id) == 1
+
+
+def test_relay_refusing_the_recipient_for_good_fails_the_mail_and_marks_the_address(
+    desks: Callable[..., Desk], clock: FixedClock
+) -> None:
+    with Answering({GONE: "550 5.1.1 <gone@customer.test>: no such user"}) as answering:
+        desk = desks(clock=clock, outbound={"relay": answering.address})
+        _requests(desk, [GONE])
+        assert deliver_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
+        [row] = _outbox(desk)
+        assert row.status == "failed"
+        assert "550" in row.last_error
+        with transaction(desk.engine) as session:
+            account = session.exec(select(Account).where(Account.address == GONE)).one()
+        assert account.bouncing_since is not None
+        assert _utc(account.bouncing_since) == clock.now()
+        assert answering.accepted == []
+        # The address bounces now: its next request gets no confirmation at all.
+        clock.advance(hours=2)
+        _requests(desk, [GONE])
+        assert len(_outbox(desk)) == 1
+
+
+def test_relay_answering_451_keeps_the_mail_for_a_later_attempt(
+    desks: Callable[..., Desk], clock: FixedClock
+) -> None:
+    with Answering({GONE: "451 4.3.0 try again later"}) as answering:
+        desk = desks(clock=clock, outbound={"relay": answering.address})
+        _requests(desk, [GONE])
+        [before] = _outbox(desk)
+        assert deliver_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
+        [row] = _outbox(desk)
+        assert row.status == "pending"
+        assert row.attempts == 1
+        assert "451" in row.last_error
+        assert _utc(before.next_attempt_at) == clock.now()
+        assert _utc(row.next_attempt_at) > clock.now()
+        # Not due yet: the next pass leaves it alone.
+        assert deliver_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
+        assert answering.attempts == [GONE]
+        with transaction(desk.engine) as session:
+            account = session.exec(select(Account).where(Account.address == GONE)).one()
+        assert account.bouncing_since is None
+        # Once due and the relay takes it, it goes out once.
+        answering.answers.clear()
+        clock.advance(hours=1)
+        assert deliver_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 1
+        assert answering.accepted == [(GONE,)]
+        [row] = _outbox(desk)
+        assert (row.status, row.attempts) == ("sent", 2)
+        assert json.loads(row.recipients) == [GONE]
