@@ -82,14 +82,18 @@ def find_ticket(
     session: Session, mail: ParsedMail, inbound: Inbound, settings: Settings, sender: str,
     sender_is_agent: bool = False, unverified_agent: bool = False,
 ) -> Match | None:
-    """The ticket a mail answers, by SPEC section 3's order; None means a new ticket."""
+    """The ticket a mail answers, by SPEC section 3's order; None means a new ticket.
+
+    The ticket row is locked (FOR UPDATE, on PostgreSQL) so two replies at once apply
+    their assignment, status and severity one after the other, not over each other.
+    """
     ids = mail.thread_ids
     if ids:
         refs = session.exec(select(ThreadRef).where(col(ThreadRef.message_id).in_(ids))).all()
         by_id = {ref.message_id: ref.ticket_id for ref in refs}
         for message_id in ids:  # the nearest reference decides
             if message_id in by_id:
-                ticket = session.get(Ticket, by_id[message_id])
+                ticket = session.get(Ticket, by_id[message_id], with_for_update=True)
                 if ticket is not None:
                     return Match(ticket, "thread")
     candidates = [
@@ -100,12 +104,12 @@ def find_ticket(
     for address in candidates:
         number = ticket_from_address(address, settings)
         if number is not None:
-            ticket = session.get(Ticket, number)
+            ticket = session.get(Ticket, number, with_for_update=True)
             if ticket is not None:
                 return Match(ticket, "token")
     tag = TAG.search(mail.subject)
     if tag:
-        ticket = session.get(Ticket, int(tag.group(1)))
+        ticket = session.get(Ticket, int(tag.group(1)), with_for_update=True)
         # An agent's address that failed authentication is anyone's: its place on the
         # ticket (assignee, agent) proves nothing.
         if ticket is not None and (
