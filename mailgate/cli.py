@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import io
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from sqlalchemy.engine import make_url
-from sqlmodel import select
-
-from mailgate import pipe
-from ticketing.db import make_engine, migrate, schema_state, transaction
-from ticketing.desk import Desk
-from ticketing.models import Account, Agent
+from mailgate import exitcodes
 from ticketing.settings import ConfigError, Settings, load_settings
+
+# The database layer takes most of a second to import: each command imports what it
+# needs, so `mailgate deliver` can hand a mail to a running server without it.
+if TYPE_CHECKING:
+    from ticketing.desk import Desk
 
 log = logging.getLogger("mailgate")
 
@@ -63,6 +62,9 @@ def _rows(records: list[dict[str, Any]], keys: Sequence[str]) -> str:
 
 
 def _desk(settings: Settings, check_schema: bool = True) -> Desk:
+    from ticketing.db import schema_state
+    from ticketing.desk import Desk
+
     desk = Desk.create(settings)
     if check_schema:
         state = schema_state(desk.engine)
@@ -76,10 +78,14 @@ def _desk(settings: Settings, check_schema: bool = True) -> Desk:
 
 def _shown(url: str) -> str:
     """A database URL fit for a log or a bounce: no password."""
+    from sqlalchemy.engine import make_url
+
     return make_url(url).render_as_string(hide_password=True)
 
 
 def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
+    from ticketing.db import make_engine, migrate, schema_state
+
     engine = make_engine(settings.database)
     before = schema_state(engine)
     migrate(engine)
@@ -90,6 +96,8 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
     from mailgate.serve import serve
 
     if settings.agents.addresses and settings.agents.trust == "none":
@@ -101,27 +109,47 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_deliver(settings: Settings, args: argparse.Namespace) -> int:
+    # Postfix passes an empty ${sender} for the null sender of a bounce.
+    sender = "<>" if args.sender == "" else (args.sender or "")
+    recipient = args.recipient or settings.support.address
+    if args.sender is not None:  # the envelope is known: a running server can take it
+        from mailgate.handoff import hand_over
+
+        raw = sys.stdin.buffer.read(settings.smtp.max_message_size + 1)
+        if not raw.strip():
+            print("mailgate deliver: empty message on stdin", file=sys.stderr)
+            return exitcodes.EX_DATAERR
+        code = hand_over(settings, raw, recipient, sender)
+        if code is not None:
+            return code
+        return _deliver_here(settings, io.BytesIO(raw), args.recipient or "", sender)
+    return _deliver_here(settings, sys.stdin.buffer, args.recipient or "", sender)
+
+
+def _deliver_here(settings: Settings, stream: BinaryIO, recipient: str, sender: str) -> int:
     try:
         desk = _desk(settings)
     except ConfigError as exc:
         # Not EX_CONFIG: MTAs bounce that for good, and a deploy's mistake would
         # return every customer's mail. Deferred, it waits in the queue for the fix.
         print(f"mailgate deliver: {exc}", file=sys.stderr)
-        return pipe.EX_TEMPFAIL
+        return exitcodes.EX_TEMPFAIL
     except Exception as exc:  # the database does not answer: the MTA retries
         print(f"mailgate deliver: storage unavailable: {type(exc).__name__}", file=sys.stderr)
-        return pipe.EX_TEMPFAIL
-    # Postfix passes an empty ${sender} for the null sender of a bounce.
-    sender = "<>" if args.sender == "" else (args.sender or "")
-    return pipe.deliver(desk, sys.stdin.buffer, args.recipient or "", sender)
+        return exitcodes.EX_TEMPFAIL
+    from mailgate import pipe
+
+    return pipe.deliver(desk, stream, recipient, sender)
 
 
 def cmd_fetch(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
     from mailgate.imap import ImapFetcher
 
     if not settings.imap:
         print("mailgate fetch: no [[imap]] mailbox configured", file=sys.stderr)
-        return pipe.EX_CONFIG
+        return exitcodes.EX_CONFIG
     desk = _desk(settings)
     fetchers = [ImapFetcher(box, desk.engine, desk.ingest, desk.clock) for box in settings.imap]
     if args.once:
@@ -148,6 +176,7 @@ def cmd_fetch(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
+    from ticketing.db import transaction
     from ticketing.reports import list_tickets, show_ticket
 
     desk = _desk(settings)
@@ -165,6 +194,7 @@ def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
     from mailgate.outbound import retry_now
+    from ticketing.db import transaction
     from ticketing.reports import list_outbox
 
     desk = _desk(settings)
@@ -181,6 +211,7 @@ def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_pages(settings: Settings, args: argparse.Namespace) -> int:
     from mailgate.paging import list_pages, retry_page
+    from ticketing.db import transaction
 
     desk = _desk(settings)
     if args.action == "retry":
@@ -195,6 +226,7 @@ def cmd_pages(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
+    from ticketing.db import transaction
     from ticketing.ingest import release, replay
     from ticketing.reports import list_inbound
 
@@ -216,6 +248,10 @@ def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlmodel import select
+
+    from ticketing.db import transaction
+    from ticketing.models import Account, Agent
     desk = _desk(settings)
     now = datetime.now(UTC)
     table: type[Agent] | type[Account] = Agent if args.command == "agents" else Account
@@ -334,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mailgate: configuration: {exc}", file=sys.stderr)
         # `deliver` must never make the MTA bounce a customer's mail over our config.
-        return pipe.EX_TEMPFAIL if args.command == "deliver" else pipe.EX_CONFIG
+        return exitcodes.EX_TEMPFAIL if args.command == "deliver" else exitcodes.EX_CONFIG
     except KeyboardInterrupt:
         return 130
 

@@ -6,6 +6,7 @@ import logging
 import sys
 from typing import BinaryIO
 
+from mailgate.exitcodes import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL
 from ticketing.conversation import is_ours
 from ticketing.db import StorageError
 from ticketing.desk import Desk
@@ -13,14 +14,6 @@ from ticketing.inbound import Inbound
 
 log = logging.getLogger(__name__)
 
-# sysexits.h: the MTA retries on 75 and bounces on the others.
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOUSER = 67
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
 
 
 def deliver(desk: Desk, stream: BinaryIO, recipient: str = "", sender: str = "") -> int:

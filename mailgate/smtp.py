@@ -12,6 +12,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailgate.handoff import HELO_NAME
 from ticketing.conversation import is_ours
 from ticketing.db import StorageError
 from ticketing.desk import Desk
@@ -48,7 +49,7 @@ class SupportHandler:
             raw = raw.encode("utf-8", "surrogateescape")
         inbound = Inbound(
             raw=raw,
-            route="smtp",
+            route=_route(session),
             envelope_sender=envelope.mail_from or "<>",  # MAIL FROM:<> (a bounce)
             envelope_recipients=tuple(envelope.rcpt_tos),
             authenticated=bool(getattr(session, "authenticated", False)),
@@ -64,6 +65,14 @@ class SupportHandler:
             return "451 4.3.0 Temporary failure; please try again later"
         ticket = f" ticket #{outcome.ticket}" if outcome.ticket else ""
         return f"250 2.0.0 OK {outcome.status}{ticket}"
+
+
+def _route(session: Session) -> str:
+    """"pipe" for `mailgate deliver` handing over on loopback, else "smtp"."""
+    peer = session.peer[0] if isinstance(session.peer, tuple) else ""
+    if session.host_name == HELO_NAME and peer in ("127.0.0.1", "::1"):
+        return "pipe"
+    return "smtp"
 
 
 class GuardedSMTP(SMTP):

@@ -32,6 +32,8 @@ def write_config(tmp_path: Path, database_url: str, **extra: str) -> Path:
         "[storage]",
         f'path = "{tmp_path / "data"}"',
     ]
+    # A port of its own, so `deliver` never hands a test's mail to some other server.
+    extra.setdefault("smtp", f"port = {free_port()}")
     for section, body in extra.items():
         lines += [f"[{section}]", body]
     path = tmp_path / "mailgate.toml"
@@ -204,3 +206,27 @@ def test_sigterm_stops_serve_cleanly(tmp_path: Path, database_url: str) -> None:
         assert process.wait(20) == 0
     listed = json.loads(run(config, "tickets", "list", "--json").stdout)
     assert [t["subject"] for t in listed] == ["Before stop"]
+
+
+def test_deliver_hands_the_mail_to_a_running_server(tmp_path: Path, database_url: str,
+                                                   relay: Relay) -> None:
+    port = free_port()
+    config = write_config(tmp_path, database_url, smtp=f"port = {port}",
+                          outbound=f'relay = "{relay.address}"')
+    assert run(config, "init").returncode == 0
+    raw = request("[S1] Through the pipe", "Postfix handed me over.").as_bytes()
+    with serving_process(config) as process:
+        result = run(config, "deliver", "--recipient", "support@example.com",
+                     "--sender", "carol@customer.test", stdin=raw)
+        stranger = run(config, "deliver", "--recipient", "nobody@elsewhere.test",
+                       "--sender", "carol@customer.test", stdin=raw)
+        relay.wait_for(1)
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+    assert result.returncode == 0, result.stderr
+    assert b"handed to the running server" in result.stderr
+    assert stranger.returncode == 67
+    shown = json.loads(run(config, "tickets", "show", "1", "--json").stdout)
+    assert shown["subject"] == "Through the pipe"
+    assert shown["messages"][0]["route"] == "pipe"
+    assert relay.received[0].rcpt_tos == ("carol@customer.test",)

@@ -9,11 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session
 
@@ -88,26 +84,27 @@ def _session(engine: Engine) -> Iterator[Session]:
         session.close()
 
 
-def _alembic_config(engine: Engine) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["engine"] = engine
-    return config
+# The newest migration. `serve` and `deliver` compare the database with this instead of
+# loading Alembic at every start (a test checks it is Alembic's head).
+SCHEMA_REVISION = "0001"
 
 
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(_alembic_config_without_engine()).get_current_head()
+    """Alembic's newest revision, read from the migration scripts."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
-
-def _alembic_config_without_engine() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    return config
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        value = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        return str(value) if value is not None else None
 
 
 def schema_state(engine: Engine) -> str:
@@ -115,9 +112,15 @@ def schema_state(engine: Engine) -> str:
     current = current_revision(engine)
     if current is None:
         return "empty"
-    return "current" if current == head_revision() else "old"
+    return "current" if current == SCHEMA_REVISION else "old"
 
 
 def migrate(engine: Engine) -> None:
     """Create or upgrade the schema to the newest revision."""
-    command.upgrade(_alembic_config(engine), "head")
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    command.upgrade(config, "head")

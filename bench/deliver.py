@@ -1,0 +1,63 @@
+"""`mailgate deliver` as Postfix runs it: one process per mail, with and without `serve` up.
+
+    .venv/bin/python bench/deliver.py [--messages 30]
+
+Prints mails per second for each new `deliver` process handing the mail to a running
+`mailgate serve`, and for `deliver` ingesting in its own process (no server running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import free_port, make_request, wait_listening
+
+ROOT = Path(__file__).resolve().parent.parent
+MAILGATE = [sys.executable, "-m", "mailgate.cli"]
+
+
+def deliver_all(config: Path, count: int, offset: int) -> float:
+    start = time.perf_counter()
+    for i in range(count):
+        result = subprocess.run(
+            [*MAILGATE, "--config", str(config), "deliver", "--recipient",
+             "support@example.com", "--sender", "customer@bench.test"],
+            input=make_request(offset + i), capture_output=True, cwd=ROOT, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr.decode())
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=30)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mailgate-bench-") as folder:
+        config = Path(folder) / "mailgate.toml"
+        config.write_text(
+            f'[support]\naddress = "support@example.com"\nsecret = "bench"\n'
+            f'[storage]\npath = "{Path(folder) / "data"}"\n[smtp]\nport = {free_port()}\n'
+        )
+        subprocess.run([*MAILGATE, "--config", str(config), "init"], check=True,
+                       capture_output=True, cwd=ROOT)
+        alone = deliver_all(config, args.messages, 0)
+        serve = subprocess.Popen([*MAILGATE, "--config", str(config), "serve"], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(serve)
+            handed = deliver_all(config, args.messages, 10_000)
+        finally:
+            serve.terminate()
+            serve.wait(20)
+    print(f"deliver, ingesting in its own process     {alone:6.1f} mails/s")
+    print(f"deliver, handing over to a running serve  {handed:6.1f} mails/s")
+
+
+if __name__ == "__main__":
+    main()
