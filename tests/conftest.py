@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from tests.harness import Relay
 from tests.servers import POSTGRES_URL, missing
 from ticketing.clock import Clock, FixedClock
 from ticketing.db import make_engine, migrate
@@ -123,3 +124,10 @@ def desks(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Desk]]:
 
 
 from tests.dovecot import dovecot_server  # noqa: E402, F401  (the `dovecot` fixture)
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    """A real SMTP relay on loopback that keeps every mail it is handed."""
+    with Relay() as relay:
+        yield relay

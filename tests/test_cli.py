@@ -144,12 +144,6 @@ def test_agents_add_makes_an_agent(config: Path) -> None:
     assert [(a["address"], a["name"]) for a in agents] == [("alice@example.com", "Alice")]
 
 
-@pytest.fixture
-def relay() -> Iterator[Relay]:
-    with Relay() as relay:
-        yield relay
-
-
 @contextmanager
 def serving_process(config: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`mailgate serve` as its own process, its log in a file beside the config."""

@@ -11,7 +11,7 @@ import re
 import resource
 import smtplib
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,12 +25,6 @@ from ticketing.desk import Desk
 from ticketing.models import Attachment, Message, Quarantine, Ticket
 
 RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
-
-
-@pytest.fixture
-def relay() -> Iterator[Relay]:
-    with Relay() as relay:
-        yield relay
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -20,12 +20,6 @@ from ticketing.reports import list_inbound, show_ticket
 
 CAROL = "carol@customer.test"
 ALICE = "alice@example.com"
-
-
-@pytest.fixture
-def relay() -> Iterator[Relay]:
-    with Relay() as relay:
-        yield relay
 
 
 def _responder_answer(mail: Received, headers: bool, n: int) -> bytes:

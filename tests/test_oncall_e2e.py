@@ -77,12 +77,6 @@ class Pager:
 
 
 @pytest.fixture
-def relay() -> Iterator[Relay]:
-    with Relay() as relay:
-        yield relay
-
-
-@pytest.fixture
 def pager() -> Iterator[Pager]:
     with Pager() as pager:
         yield pager

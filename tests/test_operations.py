@@ -7,10 +7,9 @@ import shutil
 import smtplib
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from sqlmodel import select
 
 from mailgate import pipe
@@ -21,12 +20,6 @@ from ticketing.desk import Desk
 from ticketing.ingest import replay
 from ticketing.models import Message, Quarantine, Ticket
 from ticketing.reports import list_inbound
-
-
-@pytest.fixture
-def relay() -> Iterator[Relay]:
-    with Relay() as relay:
-        yield relay
 
 
 def test_a_mail_that_breaks_ingest_is_quarantined_and_replayed_after_the_fix(

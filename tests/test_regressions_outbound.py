@@ -6,7 +6,7 @@ import hashlib
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,12 +100,6 @@ class Answering:
 
     def __exit__(self, *exc: object) -> None:
         self._controller.stop()
-
-
-@pytest.fixture
-def relay() -> Iterator[Relay]:
-    with Relay() as relay:
-        yield relay
 
 
 @pytest.fixture

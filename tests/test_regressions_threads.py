@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
@@ -32,12 +32,6 @@ VICTIM = "victim@elsewhere.test"
 AUTHSERV = "mx.example.com"
 GENUINE = (f"{AUTHSERV}; dkim=pass header.d=example.com; "
            "spf=pass smtp.mailfrom=example.com")
-
-
-@pytest.fixture
-def relay() -> Iterator[Relay]:
-    with Relay() as relay:
-        yield relay
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 
 import pytest
@@ -25,12 +25,6 @@ ERIN = "erin@customer.test"
 FRANK = "frank@customer.test"
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
-
-
-@pytest.fixture
-def relay() -> Iterator[Relay]:
-    with Relay() as relay:
-        yield relay
 
 
 @pytest.fixture
