@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine
 
 from tests.harness import Relay
-from tests.servers import POSTGRES_URL, missing
+from tests.servers import postgres_url, scratch_database
 from ticketing.clock import Clock, FixedClock
 from ticketing.db import make_engine, migrate
 from ticketing.desk import Desk
@@ -20,34 +19,11 @@ from ticketing.settings import Settings, settings_from_mapping
 BACKENDS = ["sqlite", "postgresql"]
 
 
-def _postgres_admin() -> Engine:
-    engine = create_engine(
-        "postgresql+psycopg://" + POSTGRES_URL.removeprefix("postgresql://"),
-        isolation_level="AUTOCOMMIT",
-    )
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("select 1"))
-    except Exception as exc:
-        missing(f"PostgreSQL does not answer at {POSTGRES_URL}: {exc}")
-    return engine
-
-
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
     """A database migrated once per run; each test gets a copy of it."""
-    admin = _postgres_admin()
-    name = f"mailgate_tpl_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    base = POSTGRES_URL.rsplit("/", 1)[0]
-    engine = make_engine(f"{base}/{name}")
-    migrate(engine)
-    engine.dispose()
-    yield name
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database("mailgate_tpl", migrated=True) as name:
+        yield name
 
 
 @pytest.fixture(params=BACKENDS)
@@ -61,14 +37,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
         return
     template = request.getfixturevalue("postgres_template")
-    admin = _postgres_admin()
-    name = f"mailgate_t_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database("mailgate_t", template=template) as name:
+        yield postgres_url(name)
 
 
 @pytest.fixture

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,42 @@ def free_port() -> int:
 
 
 POSTGRES_URL = os.environ.get("MAILGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_url(database: str, password: str | None = None) -> str:
+    """The test server's URL for one database (a password is carried, never checked)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(POSTGRES_URL).set(database=database)
+    if password is not None:
+        url = url.set(password=password)
+    return url.render_as_string(hide_password=False)
+
+
+@contextmanager
+def scratch_database(prefix: str, template: str | None = None,
+                     migrated: bool = False) -> Iterator[str]:
+    """A PostgreSQL database of its own for a test, dropped afterwards; yields its name."""
+    from sqlalchemy import create_engine, text
+
+    from ticketing.db import make_engine, migrate
+
+    admin = create_engine("postgresql+psycopg://" + POSTGRES_URL.removeprefix("postgresql://"),
+                          isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        try:
+            with admin.connect() as connection:
+                like = f' TEMPLATE "{template}"' if template else ""
+                connection.execute(text(f'CREATE DATABASE "{name}"{like}'))
+        except Exception as exc:
+            missing(f"PostgreSQL does not answer at {POSTGRES_URL}: {exc}")
+        if migrated:
+            engine = make_engine(postgres_url(name))
+            migrate(engine)
+            engine.dispose()
+        yield name
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -10,7 +10,6 @@ import hashlib
 import re
 import smtplib
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,13 +17,12 @@ from email.message import EmailMessage, Message
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlmodel import select
 from tnefparse import TNEF
 
 from tests.conftest import BACKENDS, make_settings
 from tests.harness import Relay, request, send, serving
-from tests.servers import POSTGRES_URL, corpus_dir, free_port, missing
+from tests.servers import corpus_dir, free_port, postgres_url, scratch_database
 from ticketing.db import make_engine, migrate, transaction
 from ticketing.desk import Desk
 from ticketing.models import Attachment, Quarantine
@@ -102,22 +100,8 @@ def _database(backend: str, tmp: Path) -> Iterator[str]:
         engine.dispose()
         yield url
         return
-    admin = create_engine("postgresql+psycopg://" + POSTGRES_URL.removeprefix("postgresql://"),
-                          isolation_level="AUTOCOMMIT")
-    name = f"mailgate_corpus_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        missing(f"PostgreSQL does not answer at {POSTGRES_URL}: {exc}")
-    url = f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
-    engine = make_engine(url)
-    migrate(engine)
-    engine.dispose()
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database("mailgate_corpus", migrated=True) as name:
+        yield postgres_url(name)
 
 
 def _send_all(port: int, sent: dict[str, bytes]) -> dict[str, tuple[int, str]]:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from tests.harness import request
-from tests.servers import POSTGRES_URL, missing
+from tests.servers import postgres_url, scratch_database
 from tests.test_cli import run, write_config
 
 PASSWORD = "hunter2"
@@ -23,23 +20,9 @@ def never_initialised(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'never-initialised.sqlite3'}"
         return
-    admin = create_engine("postgresql+psycopg://" + POSTGRES_URL.removeprefix("postgresql://"),
-                          isolation_level="AUTOCOMMIT")
-    name = f"mailgate_fresh_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        missing(f"PostgreSQL does not answer at {POSTGRES_URL}: {exc}")
     # The test server trusts loopback: the password is never checked, only carried.
-    url = make_url(POSTGRES_URL).set(password=PASSWORD, database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("mailgate_fresh") as name:
+        yield postgres_url(name, password=PASSWORD)
 
 
 def test_deliver_to_a_database_without_schema_defers_the_mail_without_the_password(
