@@ -140,6 +140,8 @@ def confirm_new_ticket(
     """The confirmation to the requester, Cc the CC list (an auto-reply: RFC 3834 applies)."""
     assert ticket.id is not None
     requester = ticket.requester
+    # A ticket just opened: its thread is the request alone, no need to ask the database.
+    session.info.setdefault("sent", {}).setdefault(ticket.id, (request.message_id, []))
     _bouncing(session, [requester, *(a.address for a in cc)])
     if not _deliverable(session, desk, requester) or not may_auto_reply(
         session, desk.settings.limits, requester, ticket.id, now

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import func
+from sqlalchemy import case, func
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ticketing.addresses import is_machine_address, normalize
 from ticketing.models import Account, AutoReplyLog
@@ -50,19 +50,19 @@ def may_auto_reply(
     if account is not None and account.bouncing_since is not None:
         return False
     since = now - WINDOW
-    if limits.per_recipient_per_hour and _sent_since(
-        session, since, AutoReplyLog.recipient == address
-    ) >= limits.per_recipient_per_hour:
-        return False
-    if (
-        ticket_id is not None
-        and limits.per_ticket_recipient_per_hour
-        and _sent_since(
-            session, since, AutoReplyLog.recipient == address, AutoReplyLog.ticket_id == ticket_id
-        )
-        >= limits.per_ticket_recipient_per_hour
-    ):
-        return False
+    if limits.per_recipient_per_hour or limits.per_ticket_recipient_per_hour:
+        # Both windows for this address in one query.
+        on_ticket = func.coalesce(func.sum(case((col(AutoReplyLog.ticket_id) == ticket_id, 1), else_=0)), 0)
+        to_address, to_ticket = session.exec(
+            select(func.count(), on_ticket).where(
+                AutoReplyLog.recipient == address, AutoReplyLog.sent_at > since
+            )
+        ).one()
+        if limits.per_recipient_per_hour and to_address >= limits.per_recipient_per_hour:
+            return False
+        if (ticket_id is not None and limits.per_ticket_recipient_per_hour
+                and to_ticket >= limits.per_ticket_recipient_per_hour):
+            return False
     return not (
         limits.overall_per_hour and _sent_since(session, since) >= limits.overall_per_hour
     )
@@ -74,7 +74,6 @@ def record_auto_reply(
     """Count one automatic mail against the windows; written with the outbox row it goes with."""
     address = normalize(recipient) or recipient.strip().lower()[:320]
     session.add(AutoReplyLog(recipient=address, ticket_id=ticket_id, kind=kind[:32], sent_at=now))
-    session.flush()
 
 
 def mark_bouncing(session: Session, address: str, detail: str, now: datetime) -> None:
