@@ -281,7 +281,10 @@ def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="mailgate", description=__doc__)
+    root = argparse.ArgumentParser(
+        prog="mailgate",
+        description="Email-ingest support ticketing: every support mail a ticket or a reply on one.",
+    )
     root.add_argument("--config", help="TOML file (default: $MAILGATE_CONFIG, else built-in)")
     root.add_argument("-v", "--verbose", action="store_true")
     sub = root.add_subparsers(dest="command", required=True)
