@@ -4,27 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 from mailgate.outbound import deliver_due, transport_for
+from mailgate.paging import run_paging, worker_name
 from ticketing.desk import Desk
 
 log = logging.getLogger(__name__)
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) -> None:
     """Send due mail as soon as a commit queues it, and check every second for retries."""
     transport = transport_for(desk)
+    worker = worker_name()
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         wake.clear()
         try:
-            sent = await loop.run_in_executor(None, deliver_due, desk, transport, WORKER, 50)
+            sent = await loop.run_in_executor(None, deliver_due, desk, transport, worker, 50)
         except Exception:
             log.exception("outbound worker: delivery pass failed; trying again shortly")
             sent = 0
@@ -41,7 +40,6 @@ async def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT; then stop taking mail, finish what is in hand, return."""
     from mailgate.imap import ImapFetcher
-    from mailgate.paging import run_paging
     from mailgate.smtp import smtp_factory
 
     loop = asyncio.get_running_loop()

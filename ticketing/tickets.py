@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -16,8 +15,9 @@ from ticketing.addresses import Address, normalize
 from ticketing.authresults import agent_authenticated
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
 from ticketing.conversation import clean_subject, find_ticket, is_ours
+from ticketing.identity import our_message_ids_in
 from ticketing.inbound import Inbound, Outcome
-from ticketing.models import Account, Attachment, Message, Outbox, Page, ThreadRef, Ticket
+from ticketing.models import Account, Attachment, Message, Outbox, ThreadRef, Ticket
 from ticketing.parse import ParsedMail
 from ticketing.participants import add_participants, agent_addresses, opened, unfollow
 from ticketing.quotes import cut_reply
@@ -110,8 +110,7 @@ def file_classified(
 
 def _returned_mail(session: Session, raw: bytes, domain: str) -> Outbox | None:
     """The mail of ours that a bounce or auto-reply returns, found by its Message-ID."""
-    pattern = rb"mailgate\.[0-9a-f]{32}@" + re.escape(domain.encode())
-    found = list(dict.fromkeys(m.decode() for m in re.findall(pattern, raw, re.IGNORECASE)))
+    found = our_message_ids_in(raw, domain)
     if not found:
         return None
     return session.exec(select(Outbox).where(col(Outbox.message_id).in_(found[:20]))).first()
@@ -178,7 +177,8 @@ def open_ticket(
     # Agents copied on a request hear of it by the agents' notice, not as customers.
     cc = _copied(mail, desk, {sender.address, *agent_addresses(session, desk.settings)})
     add_participants(session, ticket, cc, "cc", now)
-    pages = _escalate_if_due(session, desk, ticket, None, "new ticket")
+    pages = (oncall.escalate(session, ticket, desk.settings, now, "new ticket")
+             if _calls_for_page(desk, Severity(ticket.severity)) else [])
     next_opening = None
     if not pages:
         opening = oncall.next_opening(now, desk.settings.hours)
@@ -192,32 +192,24 @@ def open_ticket(
     return Outcome("new_ticket", ticket.id, message.id, detail)
 
 
-def _escalate_if_due(
-    session: Session, desk: Desk, ticket: Ticket, before: Severity | None, reason: str
-) -> list[Page]:
-    """Page on-call when the ticket now calls for it and did not before (SPEC section 5)."""
-    now = desk.clock.now()
+def _calls_for_page(desk: Desk, severity: Severity) -> bool:
+    """Whether a ticket of this severity pages on-call now (SPEC section 5)."""
     settings = desk.settings
-    due = oncall.should_page(Severity(ticket.severity), now, settings.oncall, settings.hours)
-    was_due = before is not None and oncall.should_page(before, now, settings.oncall, settings.hours)
-    if not due or was_due:
-        return []
-    return list(oncall.escalate(session, ticket, settings, now, reason))
+    return oncall.should_page(severity, desk.clock.now(), settings.oncall, settings.hours)
 
 
 def _escalation(session: Session, desk: Desk, ticket: Ticket, severity: Severity, status: str) -> None:
-    """Page when a change makes the ticket call for it; close the page when it no longer does."""
+    """Page when a change makes the ticket call for it (raised, or reopened while it does);
+    close the page when it no longer does (lowered below the paging policy)."""
     now = desk.clock.now()
-    settings = desk.settings
-    due = oncall.should_page(Severity(ticket.severity), now, settings.oncall, settings.hours)
+    due = _calls_for_page(desk, Severity(ticket.severity))
+    was_due = _calls_for_page(desk, severity)
     reopened = status in ("solved", "closed") and ticket.status not in ("solved", "closed")
-    if reopened and due:
-        oncall.escalate(session, ticket, settings, now, "reopened")
-    elif due:
-        _escalate_if_due(session, desk, ticket, severity, "severity raised")
-    elif severity != ticket.severity and oncall.should_page(severity, now, settings.oncall,
-                                                            settings.hours):
-        oncall.resolve(session, ticket, settings, now)  # lowered below the paging policy
+    if due and (reopened or not was_due):
+        oncall.escalate(session, ticket, desk.settings, now,
+                        "reopened" if reopened else "severity raised")
+    elif was_due and not due:
+        oncall.resolve(session, ticket, desk.settings, now)
 
 
 def file_reply(
