@@ -125,28 +125,13 @@ def _outbox(desk: Desk) -> list[Outbox]:
         return list(session.exec(select(Outbox).order_by(col(Outbox.id))).all())
 
 
-class SlowRelay:
-    """The real relay transport on a relay that takes a good part of the lease per mail
-    (on the desk's clock)."""
-
-    def __init__(self, desk: Desk, clock: FixedClock, share: float) -> None:
-        self.inner = RelayTransport(desk.settings.outbound)
-        self.clock = clock
-        self.share = share
-
-    def send(self, row: Outbox) -> Sent:
-        self.clock.advance(seconds=LEASE * self.share)
-        return self.inner.send(row)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def test_two_workers_at_once_send_each_mail_exactly_once(
     desks: Callable[..., Desk], relay: Relay, clock: FixedClock
 ) -> None:
     settings = {"outbound": {"relay": relay.address, "lease": LEASE}}
-    # Two desks on one database: two machines, each with its own connections.
+    # Two desks on one database: two machines, each with its own connections, racing
+    # for the same rows on real threads. The clock stands still: no lease runs out, so
+    # a mail sent twice can only come from two workers claiming it at once.
     first, second = desks(clock=clock, **settings), desks(clock=clock, **settings)
     _requests(first, [f"customer{n}@customer.test" for n in range(24)])
     rows = _outbox(first)
@@ -154,21 +139,16 @@ def test_two_workers_at_once_send_each_mail_exactly_once(
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
 
-    def work(desk: Desk, name: str, transport: Any) -> None:
+    def work(desk: Desk, name: str) -> None:
         try:
             barrier.wait()
             while any(r.status == "pending" for r in _outbox(desk)):
-                deliver_due(desk, transport, name, 6)
+                deliver_due(desk, RelayTransport(desk.settings.outbound), name, 6)
         except BaseException as exc:
             errors.append(exc)
 
-    # One relay is slow: each mail takes 40% of the lease, so a batch claimed at once
-    # would outlive its lease and the other worker would take it again.
-    workers = [
-        threading.Thread(target=work, args=(first, "machine-a", SlowRelay(first, clock, 0.4))),
-        threading.Thread(target=work, args=(second, "machine-b",
-                                            RelayTransport(second.settings.outbound))),
-    ]
+    workers = [threading.Thread(target=work, args=(first, "machine-a")),
+               threading.Thread(target=work, args=(second, "machine-b"))]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -180,6 +160,44 @@ def test_two_workers_at_once_send_each_mail_exactly_once(
     after = _outbox(first)
     assert {r.status for r in after} == {"sent"}
     assert {r.attempts for r in after} == {1}
+
+
+class SlowRelay:
+    """Worker A's relay takes 40% of the lease per mail (on the desks' clock); while it
+    sends, worker B makes a pass of one mail."""
+
+    def __init__(self, desk: Desk, other: Desk, clock: FixedClock) -> None:
+        self.inner = RelayTransport(desk.settings.outbound)
+        self.other = other
+        self.clock = clock
+
+    def send(self, row: Outbox) -> Sent:
+        self.clock.advance(seconds=LEASE * 0.4)
+        deliver_due(self.other, RelayTransport(self.other.settings.outbound), "machine-b", 1)
+        return self.inner.send(row)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_slow_worker_holds_only_the_mail_it_is_sending(
+    desks: Callable[..., Desk], relay: Relay, clock: FixedClock
+) -> None:
+    # Had worker A claimed its six mails at once, the third slow send would outlive
+    # the lease of the rest, and B would send them again while A still meant to.
+    settings = {"outbound": {"relay": relay.address, "lease": LEASE}}
+    first, second = desks(clock=clock, **settings), desks(clock=clock, **settings)
+    _requests(first, [f"customer{n}@customer.test" for n in range(12)])
+    rows = _outbox(first)
+    while any(r.status == "pending" for r in _outbox(first)):
+        deliver_due(first, SlowRelay(first, second, clock), "machine-a", 6)
+    received = Counter(r.message["Message-ID"].strip("<>") for r in relay.settle(quiet=0.3))
+    assert [mid for mid, count in received.items() if count > 1] == []
+    assert sorted(received) == sorted(r.message_id for r in rows)
+    after = _outbox(first)
+    assert {r.status for r in after} == {"sent"}
+    assert {r.attempts for r in after} == {1}
+    assert {r.claimed_by for r in after} == {"machine-a", "machine-b"}
 
 
 class OperatorMeanwhile:
