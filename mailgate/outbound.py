@@ -9,11 +9,11 @@ import random
 import smtplib
 import ssl
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import or_, update
+from sqlalchemy import bindparam, or_, update
 from sqlmodel import Session, col, select
 
 from ticketing.clock import Clock
@@ -160,9 +160,29 @@ def backoff(attempts: int, base: float = _BASE_DELAY) -> timedelta:
     return timedelta(seconds=delay * random.uniform(0.8, 1.2))
 
 
-def _due(now: datetime) -> Any:
+def _due(now: Any) -> Any:
     return (col(Outbox.status) == "pending", col(Outbox.next_attempt_at) <= now,
             or_(col(Outbox.claimed_until).is_(None), col(Outbox.claimed_until) < now))
+
+
+# Built once: the worker runs them for every mail. The next due row, skipping rows
+# another PostgreSQL transaction has locked (SQLite has one writer and no FOR UPDATE);
+# the UPDATE checks it is still due, so a row is won once whatever the isolation.
+_NEXT_DUE = (
+    select(Outbox.id).where(*_due(bindparam("now"))).order_by(col(Outbox.id)).limit(1)
+    .with_for_update(skip_locked=True).scalar_subquery()
+)
+_CLAIM = (
+    update(Outbox).where(col(Outbox.id) == _NEXT_DUE, *_due(bindparam("now")))
+    .values(claimed_by=bindparam("worker"), claimed_until=bindparam("until"))
+    .returning(Outbox)
+)
+_SENT = (
+    update(Outbox)
+    .where(col(Outbox.id) == bindparam("row"), col(Outbox.claimed_by) == bindparam("worker"))
+    .values(status="sent", attempts=Outbox.attempts + 1, claimed_until=None,
+            sent_at=bindparam("now"), last_error="")
+)
 
 
 @dataclass(frozen=True)
@@ -185,17 +205,14 @@ def _claim(session: Session, desk: Desk, worker: str) -> Outbox | None:
     lease = timedelta(seconds=desk.settings.outbound.lease)
     for _ in range(5):  # another worker may win the row we picked: pick again
         now = desk.clock.now()
-        row_id = session.exec(
-            select(Outbox.id).where(*_due(now)).order_by(col(Outbox.id)).limit(1)
+        params = {"now": now, "worker": worker, "until": now + lease}
+        row = session.scalars(
+            _CLAIM, params, execution_options={"synchronize_session": False}
         ).first()
-        if row_id is None:
+        if row is not None:
+            return row
+        if session.exec(select(Outbox.id).where(*_due(now)).limit(1)).first() is None:
             return None
-        result = session.execute(
-            update(Outbox).where(col(Outbox.id) == row_id, *_due(now))
-            .values(claimed_by=worker, claimed_until=now + lease)
-        )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            return session.get(Outbox, row_id)
     return None
 
 
@@ -245,6 +262,14 @@ def _attempt(transport: Transport, row: Outbox) -> Attempt:
 
 def _record(session: Session, desk: Desk, attempt: Attempt, worker: str) -> None:
     row = attempt.row
+    if attempt.sent is not None and not attempt.sent.refused:
+        # The common case in one statement; the lease check is in its WHERE.
+        done = session.execute(_SENT, {"row": row.id, "worker": worker, "now": desk.clock.now()})
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            log.warning("outbox %s: no longer held by %s; leaving it", row.id, worker)
+        else:
+            log.info("[#%s] <%s> sent to %s", row.ticket_id or "-", row.message_id, row.recipients)
+        return
     stored = session.get(Outbox, row.id)
     if stored is None or stored.claimed_by != worker:
         # An operator or an expired lease moved it: the other holder records it.

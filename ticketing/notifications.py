@@ -13,10 +13,10 @@ from sqlmodel import Session, col, select
 from ticketing.addresses import Address, is_machine_address
 from ticketing.compose import FileToSend, OutgoingMail, compose
 from ticketing.conversation import is_ours, reply_address, subject_tag
-from ticketing.models import Account, Attachment, Message, Outbox, ThreadRef, Ticket
+from ticketing.models import Attachment, Message, Outbox, ThreadRef, Ticket
 from ticketing.participants import active_participants, agent_addresses
 from ticketing.quotes import REPLY_MARKER
-from ticketing.ratelimit import may_auto_reply, record_auto_reply
+from ticketing.ratelimit import bouncing, may_auto_reply, record_auto_reply
 from ticketing.severity import Severity
 
 if TYPE_CHECKING:
@@ -81,21 +81,7 @@ def _common(desk: Desk, ticket: Ticket | None) -> dict[str, Any]:
 
 def _deliverable(session: Session, desk: Desk, address: str) -> bool:
     """Never mail our own addresses, nor an address whose mail bounced for good."""
-    return not is_ours(address, desk.settings) and address not in _bouncing(session, [address])
-
-
-def _bouncing(session: Session, addresses: Iterable[str]) -> set[str]:
-    """Which of these addresses bounce; one query for those not yet asked in this transaction."""
-    known: dict[str, bool] = session.info.setdefault("bouncing", {})
-    unknown = [a for a in dict.fromkeys(addresses) if a not in known]
-    if unknown:
-        rows = session.exec(
-            select(Account.address).where(col(Account.address).in_(unknown),
-                                          col(Account.bouncing_since).is_not(None))
-        ).all()
-        for address in unknown:
-            known[address] = address in rows
-    return {a for a, bouncing in known.items() if bouncing}
+    return not is_ours(address, desk.settings) and address not in bouncing(session, [address])
 
 
 def thread_of(
@@ -142,7 +128,7 @@ def confirm_new_ticket(
     requester = ticket.requester
     # A ticket just opened: its thread is the request alone, no need to ask the database.
     session.info.setdefault("sent", {}).setdefault(ticket.id, (request.message_id, []))
-    _bouncing(session, [requester, *(a.address for a in cc)])
+    bouncing(session, [requester, *(a.address for a in cc)])
     if not _deliverable(session, desk, requester) or not may_auto_reply(
         session, desk.settings.limits, requester, ticket.id, now
     ):
@@ -286,7 +272,7 @@ def fan_out(
     recipients.pop(author, None)
     for address in reached:
         recipients.pop(address, None)
-    _bouncing(session, recipients)
+    bouncing(session, recipients)
     recipients = {a: n for a, n in recipients.items() if _deliverable(session, desk, a)}
     if not recipients:
         return []

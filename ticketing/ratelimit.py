@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, func
@@ -27,6 +27,21 @@ def _account(session: Session, address: str) -> Account | None:
     return session.exec(select(Account).where(Account.address == address)).first()
 
 
+def bouncing(session: Session, addresses: Iterable[str]) -> set[str]:
+    """Which of these addresses bounce; one query for those not yet asked in this
+    transaction (mark_bouncing and clear_bouncing keep the answers current)."""
+    known: dict[str, bool] = session.info.setdefault("bouncing", {})
+    unknown = [a for a in dict.fromkeys(addresses) if a not in known]
+    if unknown:
+        rows = set(session.exec(
+            select(Account.address).where(col(Account.address).in_(unknown),
+                                          col(Account.bouncing_since).is_not(None))
+        ).all())
+        for address in unknown:
+            known[address] = address in rows
+    return {a for a, bounces in known.items() if bounces}
+
+
 def may_auto_reply(
     session: Session,
     limits: LimitSettings,
@@ -46,8 +61,7 @@ def may_auto_reply(
         return False
     if address in {normalize(a) for a in own_addresses}:
         return False
-    account = _account(session, address)
-    if account is not None and account.bouncing_since is not None:
+    if address in bouncing(session, [address]):
         return False
     since = now - WINDOW
     if limits.per_recipient_per_hour or limits.per_ticket_recipient_per_hour:
@@ -98,6 +112,7 @@ def mark_bouncing(session: Session, address: str, detail: str, now: datetime) ->
     account.bounce_detail = " ".join(detail.split())[:2000]
     session.add(account)
     session.flush()
+    session.info.setdefault("bouncing", {})[address] = True
 
 
 def clear_bouncing(session: Session, address: str) -> bool:
@@ -109,4 +124,5 @@ def clear_bouncing(session: Session, address: str) -> bool:
     account.bounce_detail = ""
     session.add(account)
     session.flush()
+    session.info.setdefault("bouncing", {})[account.address] = False
     return True
