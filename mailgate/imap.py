@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import select
 import ssl
 import subprocess
@@ -22,6 +21,7 @@ from imapclient import DELETED, SEEN, IMAPClient
 from imapclient.exceptions import IMAPClientError
 from sqlalchemy import Engine
 
+from mailgate.backoff import backoff
 from ticketing.clock import Clock
 from ticketing.db import StorageError, transaction
 from ticketing.inbound import Inbound, Outcome
@@ -317,8 +317,7 @@ class ImapFetcher:
 
     def _backoff(self, failures: int) -> float:
         """Exponential backoff with jitter, so many fetchers do not reconnect in step."""
-        delay = min(self.reconnect_cap, self.reconnect_base * 2 ** min(failures - 1, 20))
-        return float(delay * random.uniform(0.5, 1.0))
+        return backoff(failures, self.reconnect_base, self.reconnect_cap, (0.5, 1.0))
 
     def _wait_for_mail(self, halt: threading.Event) -> None:
         """Return when new mail may be there: IDLE where the server has it, else a poll."""

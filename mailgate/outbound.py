@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 from sqlalchemy import bindparam, or_, update
 from sqlmodel import Session, col, select
 
+from mailgate.backoff import backoff
 from ticketing.clock import Clock
 from ticketing.db import transaction
 from ticketing.desk import Desk
@@ -154,10 +154,9 @@ def transport_for(desk: Desk) -> Transport:
     return FolderTransport(desk.settings.outbound_directory)
 
 
-def backoff(attempts: int, base: float = _BASE_DELAY) -> timedelta:
-    """Exponential with jitter: 30 s, 1 min, 2 min ... capped at an hour."""
-    delay = min(_MAX_DELAY, base * 2 ** max(0, attempts - 1))
-    return timedelta(seconds=delay * random.uniform(0.8, 1.2))
+def mail_backoff(attempts: int, base: float = _BASE_DELAY) -> timedelta:
+    """30 s, 1 min, 2 min ... capped at an hour, give or take a fifth."""
+    return timedelta(seconds=backoff(attempts, base, _MAX_DELAY, (0.8, 1.2)))
 
 
 def _due(now: Any) -> Any:
@@ -295,7 +294,7 @@ def _record(session: Session, desk: Desk, attempt: Attempt, worker: str) -> None
         log.error("%s failed for good after %d attempts: %s", label, stored.attempts,
                   attempt.error)
     else:
-        stored.next_attempt_at = now + backoff(stored.attempts, settings.retry_base)
+        stored.next_attempt_at = now + mail_backoff(stored.attempts, settings.retry_base)
         log.warning("%s attempt %d failed, retry at %s: %s", label, stored.attempts,
                     stored.next_attempt_at, attempt.error)
 

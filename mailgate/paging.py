@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, exists, or_, update
 from sqlmodel import Session, col, select
 
+from mailgate.backoff import backoff
 from mailgate.hooks import HTTP_TIMEOUT, Hook, Outcome, hooks_for
 from ticketing.clock import Clock
 from ticketing.db import StorageError, transaction
@@ -31,10 +32,10 @@ JITTER = 0.25  # up to a quarter more, so workers that failed together do not re
 BATCH = 100
 
 
-def backoff(attempts: int, rng: random.Random, base: float = BACKOFF_BASE) -> float:
-    """Seconds to wait after the attempts-th failure: doubling from the base, with jitter."""
-    delay = min(BACKOFF_CAP, base * 2.0 ** max(0, attempts - 1))
-    return delay * (1 + JITTER * rng.random())
+def page_backoff(attempts: int, rng: random.Random, base: float = BACKOFF_BASE) -> float:
+    """Seconds to wait after the attempts-th failure: never sooner than the doubling
+    delay, up to a quarter later."""
+    return backoff(attempts, base, BACKOFF_CAP, (1.0, 1.0 + JITTER), rng)
 
 
 def retry_after_seconds(value: str, now: datetime) -> float | None:
@@ -153,7 +154,7 @@ def _record(
                       page.ticket_id, what, page.id, page.hook, page.attempts, why,
                       outcome.detail)
             return
-        delay = backoff(page.attempts, rng, retry_base)
+        delay = page_backoff(page.attempts, rng, retry_base)
         asked = retry_after_seconds(outcome.retry_after, now)
         if asked is not None:
             delay = max(1.0, asked)
