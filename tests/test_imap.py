@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -417,3 +418,77 @@ def test_a_mailbox_message_becomes_a_ticket(
     assert routes == {f"imap:{box_for(dovecot).key}"}
     assert contents(dovecot, "INBOX") == {}
     assert len(contents(dovecot, "Processed")) == 2
+
+
+def _tls_dovecot_config(folder: Path) -> tuple[str, Path, int]:
+    """Dovecot config lines for TLS on a certificate for 127.0.0.1 (made with openssl),
+    with an IMAPS listener beside the STARTTLS one; the certificate; the IMAPS port."""
+    import shutil
+    import subprocess
+
+    from tests.servers import free_port, missing
+
+    if shutil.which("openssl") is None:
+        missing("openssl is not installed (Debian package openssl)")
+    cert, key = folder / "imap.crt", folder / "imap.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=mailgate test", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60)
+    port = free_port()
+    config = (
+        f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"
+        "service imap-login {\n  inet_listener imaps {\n"
+        f"    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+    )
+    return config, cert, port
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_tls_and_starttls_logins_verify_the_server_certificate(
+    security: str, engine: Engine, clock: FixedClock, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config, cert, imaps_port = _tls_dovecot_config(tmp_path)
+    with running_dovecot(config) as server:
+        append(server, 1)
+        ours = len(_logins(server, more_than=0))  # the test's own login, to append
+        port = imaps_port if security == "tls" else server.port
+        box = box_for(server, port=port, security=security)
+        ingest = RecordingIngest(engine, clock)
+
+        # A certificate nobody vouches for: no login, nothing fetched.
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem"))
+        untrusted = ImapFetcher(box, engine, ingest, clock)
+        try:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                untrusted.fetch_once()
+        finally:
+            untrusted.close()
+        assert ingest.calls == []
+
+        # Trusted (as a private CA is, by SSL_CERT_FILE): the mail comes in over TLS.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        fetcher = ImapFetcher(box, engine, ingest, clock)
+        try:
+            assert fetcher.fetch_once() == 1
+        finally:
+            fetcher.close()
+        assert ingest.calls == [mid(1)]
+        logins = _logins(server, more_than=ours)[ours:]
+    # Dovecot's own record of the sessions: the one good login, and it went over TLS.
+    assert len(logins) == 1, logins
+    assert ", TLS" in logins[0], logins
+
+
+def _logins(server: Dovecot, more_than: int) -> list[str]:
+    """Dovecot's log lines of successful logins, once there are more than `more_than`
+    (its log process may write a moment late)."""
+    deadline = time.monotonic() + 5
+    while True:
+        text = server.log.read_text(errors="replace") if server.log.exists() else ""
+        found = [line for line in text.splitlines() if "Login: user=<" in line]
+        if len(found) > more_than or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)

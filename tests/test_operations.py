@@ -6,6 +6,7 @@ import io
 import shutil
 import smtplib
 import socket
+import ssl
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -123,3 +124,49 @@ def test_one_client_cannot_hold_every_connection(desks: Callable[..., Desk]) -> 
         # Once they are gone, the client is served again.
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             assert client.noop()[0] == 250
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        missing("openssl is not installed (Debian package openssl)")
+    cert, key = folder / "smtp.crt", folder / "smtp.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=mailgate test", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_a_client_can_start_tls_with_the_configured_certificate(
+    desks: Callable[..., Desk], relay: Relay, tmp_path: Path
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    desk = desks(smtp={"port": free_port(), "tls_cert": str(cert), "tls_key": str(key)},
+                 outbound={"relay": relay.address})
+    # The client trusts only this certificate, so the handshake proves it is the one served.
+    trust = ssl.create_default_context(cafile=str(cert))
+    with serving(desk) as port, smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        assert client.has_extn("starttls")
+        assert client.starttls(context=trust)[0] == 220
+        client.ehlo()
+        assert isinstance(client.sock, ssl.SSLSocket)
+        assert client.sock.getpeercert() is not None
+        client.send_message(request("[S2] Invoices over TLS", "Sent encrypted."),
+                            to_addrs=["support@example.com"])
+        confirmation = relay.wait_for(1)
+    assert list(confirmation[0].rcpt_tos) == ["carol@customer.test"]
+    with transaction(desk.engine) as session:
+        ticket = session.exec(select(Ticket)).one()
+    assert (ticket.subject, ticket.severity) == ("Invoices over TLS", 2)
+
+
+def test_without_a_certificate_the_listener_offers_no_starttls(
+    desks: Callable[..., Desk]
+) -> None:
+    desk = desks(smtp={"port": free_port()})
+    with serving(desk) as port, smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        assert not client.has_extn("starttls")
