@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/ingest.py [--messages 2000] [--connections 4] [--offered 100]
 
-Starts `mailgate serve` (SQLite, WAL, synchronous=FULL, confirmations sent to a relay
-sink) and the floor server (bench/floor_server.py) on loopback, sends the same small
+Starts `mailgate serve` (SQLite, WAL, synchronous=FULL, or --database URL; confirmations
+sent to a relay sink) and the floor server (bench/floor_server.py) on loopback, sends the same small
 requests to each over K smtplib connections, and prints mails per second, p50/p99 time
 to the 250 reply, and mailgate's rate as a ratio of the floor. A second pass offers a
 fixed rate (--offered mails/s) to mailgate and reports the latency at that load.
@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--offered", type=float, default=100.0)
+    parser.add_argument("--database", metavar="URL",
+                        help="an empty database for mailgate (default: SQLite in a temp folder)")
     parser.add_argument("--profile", metavar="FILE",
                         help="run serve under py-spy and write its collapsed stacks here")
     args = parser.parse_args()
@@ -142,6 +144,7 @@ def main() -> None:
             config.write_text(
                 f'[support]\naddress = "support@example.com"\nsecret = "bench"\n'
                 f'[storage]\npath = "{workdir / "data"}"\n'
+                + (f'[database]\nurl = "{args.database}"\n' if args.database else "") +
                 f'[smtp]\nport = {serve_port}\nmax_connections_per_client = 0\n'
                 f'[outbound]\nrelay = "127.0.0.1:{relay_port}"\n'
                 f'[limits]\nper_recipient_per_hour = 0\nper_ticket_recipient_per_hour = 0\n'
@@ -166,20 +169,23 @@ def main() -> None:
             report(f"mailgate at {args.offered:.0f} mails/s offered", len(paced), elapsed,
                    latencies)
             # Wait for the confirmations to drain, to report the end-to-end rate too.
-            sqlite = workdir / "data" / "mailgate.sqlite3"
-            deadline = time.monotonic() + 120
-            import sqlite3
+            from sqlalchemy import text
 
+            from ticketing.db import make_engine
+
+            engine = make_engine(args.database or f"sqlite:///{workdir / 'data' / 'mailgate.sqlite3'}")
+            deadline = time.monotonic() + 120
             total = len(messages) + len(paced)
             while time.monotonic() < deadline:
-                with sqlite3.connect(sqlite) as db:
+                with engine.connect() as db:
                     pending = db.execute(
-                        "select count(*) from outbox where status != 'sent'").fetchone()[0]
+                        text("select count(*) from outbox where status != 'sent'")).scalar_one()
                     sent = db.execute(
-                        "select count(*) from outbox where status = 'sent'").fetchone()[0]
+                        text("select count(*) from outbox where status = 'sent'")).scalar_one()
                 if pending == 0 and sent >= total:
                     break
                 time.sleep(0.5)
+            engine.dispose()
             print(f"confirmations sent: {sent} of {total} mails ({pending} pending)")
             print(f"ratio to the floor: {rate / floor_rate:.2f}")
         finally:
