@@ -31,7 +31,14 @@ class BlobStore:
         target = self.path(digest)
         if target.exists():
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
+        folder = target.parent
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            if self.durable:
+                # A new folder's own name must reach the disk too, or the file in it
+                # could vanish with it after a power cut.
+                _fsync_folder(folder.parent)
+                _fsync_folder(folder.parent.parent)
         # A name of its own per write: two threads storing the same bytes must not share one.
         temporary = target.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
         with open(temporary, "wb") as handle:
@@ -41,11 +48,15 @@ class BlobStore:
                 os.fsync(handle.fileno())
         os.replace(temporary, target)
         if self.durable:
-            directory = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            _fsync_folder(folder)
 
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
+
+
+def _fsync_folder(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

@@ -33,10 +33,13 @@ def bouncing(session: Session, addresses: Iterable[str]) -> set[str]:
     known: dict[str, bool] = session.info.setdefault("bouncing", {})
     unknown = [a for a in dict.fromkeys(addresses) if a not in known]
     if unknown:
-        rows = set(session.exec(
-            select(Account.address).where(col(Account.address).in_(unknown),
-                                          col(Account.bouncing_since).is_not(None))
-        ).all())
+        # Nothing pending can change the answer (mark_bouncing writes its own, and
+        # records it here): no need to flush the transaction's new rows first.
+        with session.no_autoflush:
+            rows = set(session.exec(
+                select(Account.address).where(col(Account.address).in_(unknown),
+                                              col(Account.bouncing_since).is_not(None))
+            ).all())
         for address in unknown:
             known[address] = address in rows
     return {a for a, bounces in known.items() if bounces}
