@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -219,3 +220,93 @@ def test_forged_agent_gets_no_agent_power(desks: Callable[..., Desk], relay: Rel
     # The forged mail was kept as a customer's reply, its "#status" line plain text.
     assert "#status closed" in shown["messages"][1]["text"]
     assert email.utils.parseaddr(shown["messages"][2]["from"])[1] == ALICE
+
+
+def _abuse_report(ours: Received | None, rcpt_to: str, enclosed_to: str) -> bytes:
+    """An RFC 5965 feedback report as a mailbox provider sends it: the reader pressed
+    "spam" on `ours` (or on a mail we never sent, when None)."""
+    message_id = ours.message["Message-ID"] if ours else "<made-up@example.com>"
+    original_rcpt = f"Original-Rcpt-To: {rcpt_to}\r\n" if rcpt_to else ""
+    return (
+        "From: Feedback Loop <fbl@provider.test>\r\n"
+        "To: support@example.com\r\n"
+        "Subject: Abuse report\r\n"
+        f"Message-ID: <fbl-{uuid.uuid4().hex}@provider.test>\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=feedback-report; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nThis is an email abuse report.\r\n"
+        "--b\r\nContent-Type: message/feedback-report\r\n\r\n"
+        "Feedback-Type: abuse\r\nUser-Agent: ProviderFBL/1.0\r\nVersion: 1\r\n"
+        f"{original_rcpt}\r\n"
+        "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "From: Example Support <support@example.com>\r\n"
+        f"To: {enclosed_to}\r\n"
+        f"Message-ID: {message_id}\r\n"
+        "--b--\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(("copied", "named", "stopped"), [
+    (True, True, {"grumpy@customer.test"}),  # the report names who of the two complained
+    (False, False, {"grumpy@customer.test"}),  # redacted, but the mail had one reader
+    (True, False, set()),  # redacted, two readers: we cannot tell, so stop nobody
+], ids=["named", "redacted-one-reader", "redacted-two-readers"])
+def test_an_abuse_complaint_about_our_mail_stops_mail_to_the_complainant(
+    desks: Callable[..., Desk], relay: Relay, copied: bool, named: bool, stopped: set[str]
+) -> None:
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
+    readers = ["grumpy@customer.test", "colleague@customer.test"] if copied else [
+        "grumpy@customer.test"]
+    with serving(desk) as port:
+        send(port, request("Help", "Please.", sender="grumpy@customer.test",
+                           cc="colleague@customer.test" if copied else ""))
+        confirmation = relay.wait_for(1)[0]
+        assert sorted(confirmation.rcpt_tos) == sorted(readers)
+        report = (_abuse_report(confirmation, "grumpy@customer.test", ", ".join(readers))
+                  if named else _abuse_report(confirmation, "", "redacted@customer.test"))
+        assert send(port, report, "fbl@provider.test") == {}
+        relay.settle()
+        # Each reader writes again: only those not stopped get a confirmation.
+        for n, reader in enumerate(readers):
+            before = len(relay.received)
+            send(port, request(f"Again {n}", "Again.", sender=reader))
+            if reader not in stopped:
+                relay.wait_for(before + 1)
+        after = relay.settle()
+    confirmed = {r.rcpt_tos[0] for r in after[1:]}
+    assert confirmed == set(readers) - stopped
+    with transaction(desk.engine) as session:
+        accounts = session.exec(select(Account)).all()
+        kinds = [m.kind for m in session.exec(select(Message).order_by(Message.id)).all()]
+    assert {a.address for a in accounts if a.bouncing_since is not None} == stopped
+    assert all("complaint" in a.bounce_detail for a in accounts if a.address in stopped)
+    assert kinds == ["request", "auto_reply", *["request"] * len(readers)]  # no ticket for it
+
+
+def test_an_abuse_report_about_mail_we_never_sent_marks_nobody(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
+    with serving(desk) as port:
+        send(port, _abuse_report(None, "ceo@customer.test", "ceo@customer.test"),
+             "fbl@provider.test")
+        send(port, request("Hi", "From the CEO.", sender="ceo@customer.test"))
+        received = relay.wait_for(1)
+    assert [r.rcpt_tos for r in received] == [("ceo@customer.test",)]
+
+
+def test_an_abuse_report_names_the_complainant_where_the_provider_does() -> None:
+    from tests.servers import missing
+    from ticketing.dsn import read_report
+
+    corpus = corpus_dir() / "sisimai-set-of-emails"
+    if not corpus.is_dir():
+        missing(f"the corpus has no {corpus.name}/")
+    found = {name: read_report((corpus / name).read_bytes()).complainants
+             for name in ("arf-01.eml", "arf-02.eml", "arf-11.eml", "arf-12.eml")}
+    assert found == {
+        "arf-01.eml": (),  # "redacted@example.net"
+        "arf-02.eml": ("this-local-part-does-not-exist-on-yahoo@yahoo.com",),  # Original-Rcpt-To
+        "arf-11.eml": (),  # "Undisclosed Recipients"
+        "arf-12.eml": (),
+    }

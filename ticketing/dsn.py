@@ -152,9 +152,43 @@ class Report:
 
     kinds: frozenset[str]
     recipients: tuple[RecipientStatus, ...]
+    # Abuse reports (RFC 5965): who complained, where the report names them.
+    complainants: tuple[str, ...] = ()
 
 
 _NO_REPORT = Report(frozenset(), ())
+
+
+def _complainants(report: Message, feedback: Message) -> list[str]:
+    """Original-Rcpt-To of the feedback fields (RFC 5965 3.2), else the To of the
+    enclosed message when it names one address; providers often redact both."""
+    found = [_address(value) for name, value in (
+        line.split(":", 1) for line in _unfold(_part_text(feedback)) if ":" in line
+    ) if name.strip().lower() == "original-rcpt-to"]
+    if not any(found):
+        payload = report.get_payload()
+        for part in payload if isinstance(payload, list) else []:
+            if not isinstance(part, Message) or part.get_content_type() not in (
+                    "message/rfc822", "text/rfc822-headers"):
+                continue
+            inner = part.get_payload()
+            enclosed = inner[0] if isinstance(inner, list) and inner else None
+            if not isinstance(enclosed, Message):
+                data = part.get_payload(decode=True)
+                enclosed = email.message_from_bytes(data if isinstance(data, bytes) else b"")
+            named = _ADDRESS.findall(str(enclosed.get("To", "")))
+            if len(named) == 1:
+                found.append(normalize(named[0]))
+    return [a for a in dict.fromkeys(found) if a and "redacted" not in a]
+
+
+def _parent_of(root: Message, target: Message) -> Message:
+    """The multipart that holds target (the report around a feedback part)."""
+    for part in root.walk():
+        payload = part.get_payload() if part.is_multipart() else []
+        if isinstance(payload, list) and any(child is target for child in payload):
+            return part
+    return root
 
 
 def read_report(raw: bytes) -> Report:
@@ -164,9 +198,12 @@ def read_report(raw: bytes) -> Report:
     message = email.message_from_bytes(raw, policy=email.policy.compat32)
     kinds: set[str] = set()
     found: dict[str, RecipientStatus] = {}
+    complainants: list[str] = []
     for kind, part in _report_parts(message):
         kinds.add(kind)
         if kind == DELIVERY_STATUS:
             for recipient in recipients_from_fields(_part_text(part)):
                 found.setdefault(recipient.address, recipient)
-    return Report(frozenset(kinds), tuple(found.values()))
+        elif kind == FEEDBACK:
+            complainants += _complainants(_parent_of(message, part), part)
+    return Report(frozenset(kinds), tuple(found.values()), tuple(dict.fromkeys(complainants)))
