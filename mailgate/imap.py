@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
@@ -19,9 +20,12 @@ from typing import Any
 
 from imapclient import DELETED, SEEN, IMAPClient
 from imapclient.exceptions import IMAPClientError
-from sqlalchemy import Engine
+from sqlalchemy import Engine, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from mailgate.backoff import backoff
+from mailgate.paging import worker_name
 from ticketing.clock import Clock
 from ticketing.db import StorageError, transaction
 from ticketing.inbound import Inbound, Outcome
@@ -39,6 +43,8 @@ TIMEOUT = 60.0  # seconds for connecting and for each server answer
 # RFC 2177 section 3: re-issue IDLE at least every 29 minutes or the server may log us off.
 IDLE_RENEW = 25 * 60.0
 HALT_CHECK = 0.5  # how often a waiting fetcher looks whether it should stop
+LEASE_MIN = 120.0  # seconds a fetcher holds its mailbox past each pass, at the least
+STANDBY = 60.0  # at most this long between looks at a mailbox another fetcher holds
 TOKEN_COMMAND_TIMEOUT = 60.0
 
 
@@ -87,12 +93,18 @@ class ImapFetcher:
     reconnect_base = 1.0  # seconds before the first reconnect; doubles up to reconnect_cap
     reconnect_cap = 300.0
 
-    def __init__(self, box: ImapMailbox, engine: Engine, ingest: Ingest, clock: Clock) -> None:
+    def __init__(self, box: ImapMailbox, engine: Engine, ingest: Ingest, clock: Clock,
+                 holder: str = "") -> None:
         self.box = box
         self.engine = engine
         self.ingest = ingest
         self.clock = clock
         self.route = f"imap:{box.key}"
+        self.holder = holder or worker_name()
+        # Held this long past each pass: a few of the longest waits between passes.
+        between = min(box.poll_interval, IDLE_RENEW) if box.poll_interval else IDLE_RENEW
+        self.lease = timedelta(seconds=max(LEASE_MIN, 3 * between))
+        self._told_held: str | None = None
         # True when the last fetch_once stopped at a storage fault: the rest waits for a retry.
         self.storage_fault = False
         self._client: Any = None
@@ -101,7 +113,13 @@ class ImapFetcher:
     # -- one pass -------------------------------------------------------------------------
 
     def fetch_once(self) -> int:
-        """Connect if needed and ingest every message past the last UID done; how many."""
+        """Connect if needed and ingest every message past the last UID done; how many.
+
+        Nothing when another process holds the mailbox: several `serve` processes on one
+        database take turns, one at a time, so no message is fetched twice.
+        """
+        if not self._hold():
+            return 0
         client = self._connect()
         status = client.select_folder(self.box.folder)
         uidvalidity = int(status[b"UIDVALIDITY"])
@@ -186,6 +204,52 @@ class ImapFetcher:
                     raise
         self._move_to_ready = True
 
+    # -- who works the mailbox --------------------------------------------------------------
+
+    def _hold(self) -> bool:
+        """Take or renew the mailbox's lease; False while another fetcher holds it."""
+        now = self.clock.now()
+        key = self.box.key
+        try:
+            with transaction(self.engine) as session:
+                taken = session.execute(
+                    update(MailboxState)
+                    .where(col(MailboxState.key) == key,
+                           or_(col(MailboxState.held_by) == self.holder,
+                               col(MailboxState.held_until).is_(None),
+                               col(MailboxState.held_until) < now))
+                    .values(held_by=self.holder, held_until=now + self.lease)
+                )
+                if taken.rowcount == 1:  # type: ignore[attr-defined]
+                    self._told_held = None
+                    return True
+                state = session.get(MailboxState, key)
+                if state is None:
+                    session.add(MailboxState(key=key, held_by=self.holder,
+                                             held_until=now + self.lease, updated_at=now))
+                    self._told_held = None
+                    return True
+                holder, until = state.held_by, state.held_until
+        except IntegrityError:
+            return False  # another fetcher made the row this moment: it holds the mailbox
+        if self._told_held != holder:
+            log.info("%s: worked by %s (lease until %s); standing by", key, holder, until)
+            self._told_held = holder
+        return False
+
+    def _release(self) -> None:
+        """Let another fetcher take the mailbox at once (on a clean stop)."""
+        try:
+            with transaction(self.engine) as session:
+                session.execute(
+                    update(MailboxState)
+                    .where(col(MailboxState.key) == self.box.key,
+                           col(MailboxState.held_by) == self.holder)
+                    .values(held_until=None)
+                )
+        except Exception:  # stopping anyway: the lease runs out on its own
+            log.warning("%s: could not release the mailbox", self.box.key, exc_info=True)
+
     # -- where we stand -------------------------------------------------------------------
 
     def _position(self, uidvalidity: int) -> int:
@@ -198,9 +262,10 @@ class ImapFetcher:
                 return 0
             if state.uidvalidity != uidvalidity:
                 # RFC 3501 section 2.3.1.1: the old UIDs mean nothing now. Reading everything
-                # again is safe: ingest stores a Message-ID once.
-                log.warning("%s: UIDVALIDITY changed from %d to %d; reading the folder again",
-                            self.box.key, state.uidvalidity, uidvalidity)
+                # again is safe: ingest stores a Message-ID once. (0: never read yet.)
+                if state.uidvalidity:
+                    log.warning("%s: UIDVALIDITY changed from %d to %d; reading the folder "
+                                "again", self.box.key, state.uidvalidity, uidvalidity)
                 state.uidvalidity = uidvalidity
                 state.last_uid = 0
                 state.updated_at = self.clock.now()
@@ -242,7 +307,8 @@ class ImapFetcher:
         return client
 
     def close(self) -> None:
-        """Log out and close the connection, if there is one."""
+        """Log out and close the connection, if there is one, and let the mailbox go."""
+        self._release()
         client, self._client = self._client, None
         if client is None:
             return
@@ -325,7 +391,10 @@ class ImapFetcher:
         # IDLE continuation is read into the client's buffer where select() cannot see it.
         timeout = min(self.box.poll_interval, IDLE_RENEW) if self.box.poll_interval else IDLE_RENEW
         client = self._client
-        if client is None or not client.has_capability("IDLE"):
+        if client is None:  # another fetcher holds the mailbox: look again in a while
+            halt.wait(min(self.box.poll_interval or STANDBY, STANDBY))
+            return
+        if not client.has_capability("IDLE"):
             halt.wait(self.box.poll_interval)
             return
         client.idle()  # RFC 2177

@@ -492,3 +492,41 @@ def _logins(server: Dovecot, more_than: int) -> list[str]:
         if len(found) > more_than or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
+
+
+def test_two_processes_on_one_database_take_turns_at_a_mailbox(
+    dovecot: Dovecot, engine: Engine, clock: FixedClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    append(dovecot, 1, 2)
+    ingest = RecordingIngest(engine, clock)
+    box = box_for(dovecot, move_to="Processed")
+    first = ImapFetcher(box, engine, ingest, clock, holder="machine-a:1")
+    second = ImapFetcher(box, engine, ingest, clock, holder="machine-b:1")
+    try:
+        assert first.fetch_once() == 2
+        append(dovecot, 3)
+        # While the first holds the mailbox the second stands by, without logging in.
+        with caplog.at_level(logging.INFO, logger="mailgate.imap"):
+            assert second.fetch_once() == 0
+        assert "worked by machine-a:1" in caplog.text
+        assert second._client is None
+        assert first.fetch_once() == 1
+
+        # The first dies without a word: once its lease has run out the second takes over.
+        first._drop()
+        append(dovecot, 4)
+        clock.advance(seconds=first.lease.total_seconds() - 1)
+        assert second.fetch_once() == 0
+        clock.advance(seconds=2)
+        assert second.fetch_once() == 1
+
+        # A clean stop hands the mailbox over at once.
+        second.close()
+        append(dovecot, 5)
+        assert first.fetch_once() == 1
+    finally:
+        first.close()
+        second.close()
+    assert ingest.calls == [mid(n) for n in range(1, 6)]  # each message fetched once
+    assert sorted(contents(dovecot, "Processed")) == sorted(mid(n) for n in range(1, 6))
+    assert contents(dovecot, "INBOX") == {}

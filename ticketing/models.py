@@ -174,6 +174,9 @@ class MailboxState(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=500)
     uidvalidity: int = 0
     last_uid: int = 0
+    # The one fetcher working the mailbox, when several processes share the database.
+    held_by: str = Field(default="", max_length=100)
+    held_until: datetime | None = None
     updated_at: datetime
 
 
