@@ -205,8 +205,10 @@ def _claim(session: Session, desk: Desk, worker: str) -> Outbox | None:
     for _ in range(5):  # another worker may win the row we picked: pick again
         now = desk.clock.now()
         params = {"now": now, "worker": worker, "until": now + lease}
+        # populate_existing: a row this session loaded before comes back as claimed now.
         row = session.scalars(
-            _CLAIM, params, execution_options={"synchronize_session": False}
+            _CLAIM, params,
+            execution_options={"synchronize_session": False, "populate_existing": True},
         ).first()
         if row is not None:
             return row

@@ -8,13 +8,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from tests.harness import Received, Relay, request, send, serving
 from tests.servers import corpus_dir, free_port
 from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
+from ticketing.inbound import Inbound
 from ticketing.ingest import release
 from ticketing.models import Account, Message, Ticket
 from ticketing.reports import list_inbound, show_ticket
@@ -225,7 +226,7 @@ def test_forged_agent_gets_no_agent_power(desks: Callable[..., Desk], relay: Rel
 def _abuse_report(ours: Received | None, rcpt_to: str, enclosed_to: str) -> bytes:
     """An RFC 5965 feedback report as a mailbox provider sends it: the reader pressed
     "spam" on `ours` (or on a mail we never sent, when None)."""
-    message_id = ours.message["Message-ID"] if ours else "<made-up@example.com>"
+    message_id = ours.message["Message-ID"] if ours else f"<mailgate.{uuid.uuid4().hex}@example.com>"
     original_rcpt = f"Original-Rcpt-To: {rcpt_to}\r\n" if rcpt_to else ""
     return (
         "From: Feedback Loop <fbl@provider.test>\r\n"
@@ -247,12 +248,13 @@ def _abuse_report(ours: Received | None, rcpt_to: str, enclosed_to: str) -> byte
 
 
 @pytest.mark.parametrize(("copied", "named", "stopped"), [
-    (True, True, {"grumpy@customer.test"}),  # the report names who of the two complained
-    (False, False, {"grumpy@customer.test"}),  # redacted, but the mail had one reader
-    (True, False, set()),  # redacted, two readers: we cannot tell, so stop nobody
-], ids=["named", "redacted-one-reader", "redacted-two-readers"])
+    (False, "grumpy@customer.test", {"grumpy@customer.test"}),
+    (False, "", {"grumpy@customer.test"}),  # redacted, but the mail had one reader
+    (False, "other@customer.test", set()),  # names someone the mail never went to
+    (True, "grumpy@customer.test", set()),  # two readers: the other could have sent it
+], ids=["named", "redacted", "names-someone-else", "one-of-two-readers"])
 def test_an_abuse_complaint_about_our_mail_stops_mail_to_the_complainant(
-    desks: Callable[..., Desk], relay: Relay, copied: bool, named: bool, stopped: set[str]
+    desks: Callable[..., Desk], relay: Relay, copied: bool, named: str, stopped: set[str]
 ) -> None:
     desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
     readers = ["grumpy@customer.test", "colleague@customer.test"] if copied else [
@@ -262,8 +264,7 @@ def test_an_abuse_complaint_about_our_mail_stops_mail_to_the_complainant(
                            cc="colleague@customer.test" if copied else ""))
         confirmation = relay.wait_for(1)[0]
         assert sorted(confirmation.rcpt_tos) == sorted(readers)
-        report = (_abuse_report(confirmation, "grumpy@customer.test", ", ".join(readers))
-                  if named else _abuse_report(confirmation, "", "redacted@customer.test"))
+        report = _abuse_report(confirmation, named, named or "redacted@customer.test")
         assert send(port, report, "fbl@provider.test") == {}
         relay.settle()
         # Each reader writes again: only those not stopped get a confirmation.
@@ -288,6 +289,7 @@ def test_an_abuse_report_about_mail_we_never_sent_marks_nobody(
 ) -> None:
     desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
     with serving(desk) as port:
+        # A Message-ID in our form, but of no mail we sent.
         send(port, _abuse_report(None, "ceo@customer.test", "ceo@customer.test"),
              "fbl@provider.test")
         send(port, request("Hi", "From the CEO.", sender="ceo@customer.test"))
@@ -297,16 +299,44 @@ def test_an_abuse_report_about_mail_we_never_sent_marks_nobody(
 
 def test_an_abuse_report_names_the_complainant_where_the_provider_does() -> None:
     from tests.servers import missing
-    from ticketing.dsn import read_report
+    from ticketing.dsn import read_complaint
 
     corpus = corpus_dir() / "sisimai-set-of-emails"
     if not corpus.is_dir():
         missing(f"the corpus has no {corpus.name}/")
-    found = {name: read_report((corpus / name).read_bytes()).complainants
-             for name in ("arf-01.eml", "arf-02.eml", "arf-11.eml", "arf-12.eml")}
+    found = {}
+    for name in ("arf-01.eml", "arf-02.eml", "arf-11.eml", "arf-12.eml"):
+        complaint = read_complaint((corpus / name).read_bytes())
+        assert complaint is not None, name
+        found[name] = (complaint.message_id, complaint.named)
     assert found == {
-        "arf-01.eml": (),  # "redacted@example.net"
-        "arf-02.eml": ("this-local-part-does-not-exist-on-yahoo@yahoo.com",),  # Original-Rcpt-To
-        "arf-11.eml": (),  # "Undisclosed Recipients"
-        "arf-12.eml": (),
+        # The enclosed mail has no Message-ID; its To is "redacted@example.net".
+        "arf-01.eml": ("", ()),
+        # Original-Rcpt-To names the reader.
+        "arf-02.eml": ("000000000000000000000000.smtp@example.com",
+                       ("this-local-part-does-not-exist-on-yahoo@yahoo.com",)),
+        # "Undisclosed Recipients"; arf-12 encloses the headers as text/rfc822-header.
+        "arf-11.eml": ("ffffffffffffffffffffffffff0000000000@example.net", ()),
+        "arf-12.eml": ("0000000000000000000000000@example.net", ()),
     }
+
+
+def test_a_report_with_thousands_of_parts_is_filed_without_reading_them_all(
+    desks: Callable[..., Desk]
+) -> None:
+    desk = desks()
+    parts = "".join(
+        "--b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\n\r\n"
+        "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"To: reader{n}@customer.test\r\nMessage-ID: <m{n}@customer.test>\r\n"
+        for n in range(3000))
+    raw = (
+        "From: fbl@provider.test\r\nTo: support@example.com\r\nSubject: Abuse\r\n"
+        "Message-ID: <many-parts@provider.test>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=feedback-report; boundary="b"\r\n\r\n'
+        f"{parts}--b--\r\n"
+    ).encode()
+    outcome = desk.ingest(Inbound(raw, "smtp", "fbl@provider.test", ("support@example.com",)))
+    assert (outcome.status, outcome.detail) == ("classified", "auto_reply (feedback-report)")
+    with transaction(desk.engine) as session:
+        assert session.exec(select(Account).where(col(Account.bouncing_since).is_not(None))).all() == []

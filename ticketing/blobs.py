@@ -18,6 +18,8 @@ class BlobStore:
     def __init__(self, root: Path, *, durable: bool = True) -> None:
         self.root = root
         self.durable = durable
+        # Fan-out folders whose own names this process has synced to the disk.
+        self._synced: set[Path] = set()
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256
@@ -29,16 +31,19 @@ class BlobStore:
 
     def put_as(self, digest: str, data: bytes) -> None:
         target = self.path(digest)
-        if target.exists():
-            return
         folder = target.parent
-        if not folder.is_dir():
+        if folder not in self._synced:
             folder.mkdir(parents=True, exist_ok=True)
             if self.durable:
-                # A new folder's own name must reach the disk too, or the file in it
-                # could vanish with it after a power cut.
+                # A folder's own name must reach the disk too, or a file in it could
+                # vanish with it after a power cut (whichever thread made the folder).
                 _fsync_folder(folder.parent)
                 _fsync_folder(folder.parent.parent)
+            self._synced.add(folder)
+        if target.exists():
+            if self.durable:
+                _fsync_folder(folder)  # another writer's rename may not be on the disk yet
+            return
         # A name of its own per write: two threads storing the same bytes must not share one.
         temporary = target.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
         with open(temporary, "wb") as handle:

@@ -152,43 +152,74 @@ class Report:
 
     kinds: frozenset[str]
     recipients: tuple[RecipientStatus, ...]
-    # Abuse reports (RFC 5965): who complained, where the report names them.
-    complainants: tuple[str, ...] = ()
 
 
 _NO_REPORT = Report(frozenset(), ())
 
 
-def _complainants(report: Message, feedback: Message) -> list[str]:
-    """Original-Rcpt-To of the feedback fields (RFC 5965 3.2), else the To of the
-    enclosed message when it names one address; providers often redact both."""
-    found = [_address(value) for name, value in (
-        line.split(":", 1) for line in _unfold(_part_text(feedback)) if ":" in line
-    ) if name.strip().lower() == "original-rcpt-to"]
-    if not any(found):
-        payload = report.get_payload()
-        for part in payload if isinstance(payload, list) else []:
-            if not isinstance(part, Message) or part.get_content_type() not in (
-                    "message/rfc822", "text/rfc822-headers"):
-                continue
+@dataclass(frozen=True)
+class Complaint:
+    """An abuse report (RFC 5965): the mail complained about, and whom the report names."""
+
+    message_id: str  # the enclosed mail's own Message-ID, without <>
+    named: tuple[str, ...]  # Original-Rcpt-To, else the enclosed To; often redacted
+
+
+def _feedback_part(part: Message, parent: Message | None = None,
+                   depth: int = 0) -> tuple[Message, Message] | None:
+    """The first feedback part and the multipart around it, never inside an enclosed mail."""
+    if part.get_content_type() == FEEDBACK:
+        return (parent or part), part
+    if part.get_content_type().startswith("message/") or depth >= _MAX_DEPTH:
+        return None
+    payload = part.get_payload() if part.is_multipart() else []
+    for child in payload if isinstance(payload, list) else []:
+        if isinstance(child, Message):
+            found = _feedback_part(child, part, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _enclosed(report: Message) -> Message | None:
+    """The mail an abuse report encloses (whole, or its header block)."""
+    payload = report.get_payload()
+    for part in payload if isinstance(payload, list) else []:
+        if not isinstance(part, Message):
+            continue
+        if part.get_content_type() == "message/rfc822":
             inner = part.get_payload()
-            enclosed = inner[0] if isinstance(inner, list) and inner else None
-            if not isinstance(enclosed, Message):
-                data = part.get_payload(decode=True)
-                enclosed = email.message_from_bytes(data if isinstance(data, bytes) else b"")
-            named = _ADDRESS.findall(str(enclosed.get("To", "")))
-            if len(named) == 1:
-                found.append(normalize(named[0]))
-    return [a for a in dict.fromkeys(found) if a and "redacted" not in a]
+            if isinstance(inner, list) and inner and isinstance(inner[0], Message):
+                return inner[0]
+        # "text/rfc822-header", singular, is seen in the wild too.
+        if part.get_content_type() in ("message/rfc822", "text/rfc822-headers",
+                                       "text/rfc822-header"):
+            data = part.get_payload(decode=True)
+            return email.message_from_bytes(data if isinstance(data, bytes) else b"",
+                                            policy=email.policy.compat32)
+    return None
 
 
-def _parent_of(root: Message, target: Message) -> Message:
-    """The multipart that holds target (the report around a feedback part)."""
-    for part in root.walk():
-        payload = part.get_payload() if part.is_multipart() else []
-        if isinstance(payload, list) and any(child is target for child in payload):
-            return part
-    return root
+def read_complaint(raw: bytes) -> Complaint | None:
+    """What an abuse report is about; None for a mail that holds no feedback part."""
+    if not _REPORT_MARK.search(raw):
+        return None
+    message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    found = _feedback_part(message)
+    if found is None:
+        return None
+    report, feedback = found
+    named = [_address(line.split(":", 1)[1]) for line in _unfold(_part_text(feedback))
+             if line.lower().startswith("original-rcpt-to:")]
+    enclosed = _enclosed(report)
+    message_id = ""
+    if enclosed is not None:
+        message_id = " ".join(str(enclosed.get("Message-ID", "")).split()).strip("<>")
+        if not any(named):
+            to = _ADDRESS.findall(str(enclosed.get("To", "")))
+            named = [normalize(to[0])] if len(to) == 1 else []
+    return Complaint(message_id, tuple(a for a in dict.fromkeys(named)
+                                       if a and "redacted" not in a))
 
 
 def read_report(raw: bytes) -> Report:
@@ -198,12 +229,9 @@ def read_report(raw: bytes) -> Report:
     message = email.message_from_bytes(raw, policy=email.policy.compat32)
     kinds: set[str] = set()
     found: dict[str, RecipientStatus] = {}
-    complainants: list[str] = []
     for kind, part in _report_parts(message):
         kinds.add(kind)
         if kind == DELIVERY_STATUS:
             for recipient in recipients_from_fields(_part_text(part)):
                 found.setdefault(recipient.address, recipient)
-        elif kind == FEEDBACK:
-            complainants += _complainants(_parent_of(message, part), part)
-    return Report(frozenset(kinds), tuple(found.values()), tuple(dict.fromkeys(complainants)))
+    return Report(frozenset(kinds), tuple(found.values()))

@@ -15,7 +15,7 @@ from ticketing.addresses import Address, normalize
 from ticketing.authresults import agent_authenticated
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
 from ticketing.conversation import clean_subject, find_ticket, is_ours
-from ticketing.dsn import read_report
+from ticketing.dsn import read_complaint
 from ticketing.identity import our_message_ids_in
 from ticketing.inbound import Inbound, Outcome
 from ticketing.models import Account, Attachment, Message, Outbox, ThreadRef, Ticket
@@ -105,28 +105,33 @@ def file_classified(
         for address in verdict.failed_recipients:
             if address.lower() in sent_to:
                 mark_bouncing(session, address.lower(), verdict.reason, desk.clock.now())
-    if verdict.rule == "feedback-report" and returned is not None:
-        _complaint(session, desk, inbound.raw, returned)
+    if verdict.rule == "feedback-report":
+        _complaint(session, desk, inbound.raw)
     number = ticket.id if ticket else None
     return Outcome("classified", number, message.id, f"{verdict.kind} ({verdict.rule})")
 
 
-def _complaint(session: Session, desk: Desk, raw: bytes, returned: Outbox) -> None:
+def _complaint(session: Session, desk: Desk, raw: bytes) -> None:
     """Someone marked a mail of ours as spam: no more mail to them until an operator
-    clears it. Only for a mail we really sent, and only its own recipients; when the
-    provider redacted the address, a mail we sent to one reader names them anyway."""
-    sent_to = json.loads(returned.recipients)
-    named = [a for a in read_report(raw).complainants if a in sent_to]
-    if not named and len(sent_to) == 1:
-        named = sent_to
-    if not named:
-        log.warning("abuse report on <%s>: cannot tell which of %s complained",
-                    returned.message_id, ", ".join(sent_to))
-    for address in named:
-        log.warning("abuse report: %s marked <%s> as spam; no more mail to them",
-                    address, returned.message_id)
-        mark_bouncing(session, address, "complaint: marked our mail as spam (abuse report)",
-                      desk.clock.now())
+    clears it. Only for a mail we really sent to that one reader: a report naming one
+    of several readers could come from another of them, so it stops nobody."""
+    complaint = read_complaint(raw)
+    if complaint is None or not complaint.message_id:
+        return
+    row = session.exec(select(Outbox).where(Outbox.message_id == complaint.message_id)).first()
+    if row is None:
+        log.info("abuse report on <%s>: not a mail of ours", complaint.message_id)
+        return
+    readers = json.loads(row.recipients)
+    reader = readers[0] if len(readers) == 1 else None
+    if reader is None or (complaint.named and reader not in complaint.named):
+        log.warning("abuse report on <%s> (to %s): cannot tell who complained; "
+                    "stopping nobody", row.message_id, ", ".join(readers))
+        return
+    log.warning("abuse report: %s marked <%s> as spam; no more mail to them",
+                reader, row.message_id)
+    mark_bouncing(session, reader, "complaint: marked our mail as spam (abuse report)",
+                  desk.clock.now())
 
 
 def _returned_mail(session: Session, raw: bytes, domain: str) -> Outbox | None:
