@@ -340,3 +340,36 @@ def test_a_report_with_thousands_of_parts_is_filed_without_reading_them_all(
     assert (outcome.status, outcome.detail) == ("classified", "auto_reply (feedback-report)")
     with transaction(desk.engine) as session:
         assert session.exec(select(Account).where(col(Account.bouncing_since).is_not(None))).all() == []
+
+
+def test_a_bounce_is_matched_to_the_mail_it_returns_not_to_one_it_refers_to(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
+    with serving(desk) as port:
+        send(port, request("First", "One.", sender="alice@customer.test"))
+        first = relay.wait_for(1)[0]
+        send(port, request("Second", "Two.", sender="bob@customer.test"))
+        second = relay.wait_for(2)[1]
+        # Bob's server returns the second mail; its headers also name the first one.
+        dsn = (
+            "From: MAILER-DAEMON@mx.customer.test\r\nTo: support@example.com\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\n"
+            "Message-ID: <bounce-2@mx.customer.test>\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+            "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "Reporting-MTA: dns; mx.customer.test\r\n\r\n"
+            "Final-Recipient: rfc822; bob@customer.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+            "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            f"References: {first.message['Message-ID']}\r\n"
+            f"Message-ID: {second.message['Message-ID']}\r\n"
+            "--b--\r\n"
+        ).encode()
+        send(port, dsn, "<>")
+    with transaction(desk.engine) as session:
+        bouncing = session.exec(select(Account.address).where(
+            col(Account.bouncing_since).is_not(None))).all()
+        filed = session.exec(select(Message).where(Message.kind == "bounce")).one()
+        ticket = session.get(Ticket, filed.ticket_id)
+    assert bouncing == ["bob@customer.test"]
+    assert ticket is not None and ticket.subject == "Second"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -139,7 +140,18 @@ def _returned_mail(session: Session, raw: bytes, domain: str) -> Outbox | None:
     found = our_message_ids_in(raw, domain)
     if not found:
         return None
-    return session.exec(select(Outbox).where(col(Outbox.message_id).in_(found[:20]))).first()
+    rows = {r.message_id: r for r in session.exec(
+        select(Outbox).where(col(Outbox.message_id).in_(found[:20]))).all()}
+    # The returned mail's own Message-ID header first: ours named in its References
+    # or quoted in its text are earlier mails, to other readers perhaps.
+    headed = [m.decode("ascii", "replace") for m in _MESSAGE_ID_FIELD.findall(raw)]
+    for message_id in (*headed, *found):
+        if message_id in rows:
+            return rows[message_id]
+    return None
+
+
+_MESSAGE_ID_FIELD = re.compile(rb"(?im)^message-id:[ \t]*<?([^>\s]+)")
 
 
 def open_or_hold(
