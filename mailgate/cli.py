@@ -160,7 +160,13 @@ def cmd_fetch(settings: Settings, args: argparse.Namespace) -> int:
             finally:
                 fetcher.close()
         print(f"mailgate fetch: {total} message(s) ingested")
-        return 1 if any(f.storage_fault for f in fetchers) else 0
+        for fetcher in fetchers:
+            if fetcher.standing_by:
+                print(f"mailgate fetch: {fetcher.box.key} is being fetched by another "
+                      "process (a running serve?); nothing taken from it", file=sys.stderr)
+        if any(f.storage_fault for f in fetchers):
+            return 1
+        return exitcodes.EX_TEMPFAIL if any(f.standing_by for f in fetchers) else 0
 
     async def run() -> None:
         import signal

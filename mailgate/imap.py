@@ -40,10 +40,11 @@ Ingest = Callable[[Inbound], Outcome]
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (IMAPClientError, OSError, EOFError)
 
 TIMEOUT = 60.0  # seconds for connecting and for each server answer
-# RFC 2177 section 3: re-issue IDLE at least every 29 minutes or the server may log us off.
-IDLE_RENEW = 25 * 60.0
 HALT_CHECK = 0.5  # how often a waiting fetcher looks whether it should stop
 LEASE_MIN = 120.0  # seconds a fetcher holds its mailbox past each pass, at the least
+# The longest wait between passes; IDLE is issued again after it, well inside the
+# 29 minutes after which a server may log us off (RFC 2177 section 3).
+MAX_WAIT = 300.0
 STANDBY = 60.0  # at most this long between looks at a mailbox another fetcher holds
 TOKEN_COMMAND_TIMEOUT = 60.0
 
@@ -101,9 +102,12 @@ class ImapFetcher:
         self.clock = clock
         self.route = f"imap:{box.key}"
         self.holder = holder or worker_name()
-        # Held this long past each pass: a few of the longest waits between passes.
-        between = min(box.poll_interval, IDLE_RENEW) if box.poll_interval else IDLE_RENEW
-        self.lease = timedelta(seconds=max(LEASE_MIN, 3 * between))
+        # The longest wait between passes, and the lease: a few of those waits, renewed
+        # at each pass and before each message.
+        self.between = max(0.1, min(box.poll_interval or MAX_WAIT, MAX_WAIT))
+        self.lease = timedelta(seconds=max(LEASE_MIN, 3 * self.between))
+        # True when the last fetch_once found the mailbox held by another fetcher.
+        self.standing_by = False
         self._told_held: str | None = None
         # True when the last fetch_once stopped at a storage fault: the rest waits for a retry.
         self.storage_fault = False
@@ -118,13 +122,13 @@ class ImapFetcher:
         Nothing when another process holds the mailbox: several `serve` processes on one
         database take turns, one at a time, so no message is fetched twice.
         """
-        if not self._hold():
+        self.storage_fault = False
+        if not self._holding():
             return 0
         client = self._connect()
         status = client.select_folder(self.box.folder)
         uidvalidity = int(status[b"UIDVALIDITY"])
         last = self._position(uidvalidity)
-        self.storage_fault = False
         uidnext = status.get(b"UIDNEXT")
         if uidnext is not None and int(uidnext) <= last + 1:
             return 0
@@ -137,6 +141,10 @@ class ImapFetcher:
             batch = uids[: max(1, self.box.batch_size)]
             sizes = client.fetch(batch, ["RFC822.SIZE"])
             for uid in batch:
+                # A long pass (a backlog, large mails) renews its lease as it goes, and
+                # stops if another fetcher took the mailbox meanwhile.
+                if not self._holding():
+                    return ingested
                 size = int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0))
                 taken = self._take(client, uidvalidity, uid, size)
                 if taken is None:
@@ -205,6 +213,13 @@ class ImapFetcher:
         self._move_to_ready = True
 
     # -- who works the mailbox --------------------------------------------------------------
+
+    def _holding(self) -> bool:
+        """Take or renew the lease; without it, let go of the connection and stand by."""
+        self.standing_by = not self._hold()
+        if self.standing_by:
+            self._drop()
+        return not self.standing_by
 
     def _hold(self) -> bool:
         """Take or renew the mailbox's lease; False while another fetcher holds it."""
@@ -389,13 +404,13 @@ class ImapFetcher:
         """Return when new mail may be there: IDLE where the server has it, else a poll."""
         # Even with IDLE, look again every poll_interval: a notice that arrives with the
         # IDLE continuation is read into the client's buffer where select() cannot see it.
-        timeout = min(self.box.poll_interval, IDLE_RENEW) if self.box.poll_interval else IDLE_RENEW
+        timeout = self.between
         client = self._client
         if client is None:  # another fetcher holds the mailbox: look again in a while
-            halt.wait(min(self.box.poll_interval or STANDBY, STANDBY))
+            halt.wait(min(self.between, STANDBY))
             return
         if not client.has_capability("IDLE"):
-            halt.wait(self.box.poll_interval)
+            halt.wait(self.between)
             return
         client.idle()  # RFC 2177
         sock = client.socket()

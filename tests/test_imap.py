@@ -512,13 +512,16 @@ def test_two_processes_on_one_database_take_turns_at_a_mailbox(
         assert second._client is None
         assert first.fetch_once() == 1
 
-        # The first dies without a word: once its lease has run out the second takes over.
+        # The first stalls (its connection gone, its lease not renewed): once the lease
+        # has run out the second takes over, and the first, back, stands by.
         first._drop()
         append(dovecot, 4)
         clock.advance(seconds=first.lease.total_seconds() - 1)
         assert second.fetch_once() == 0
         clock.advance(seconds=2)
         assert second.fetch_once() == 1
+        assert first.fetch_once() == 0
+        assert first.standing_by and first._client is None
 
         # A clean stop hands the mailbox over at once.
         second.close()
@@ -530,3 +533,58 @@ def test_two_processes_on_one_database_take_turns_at_a_mailbox(
     assert ingest.calls == [mid(n) for n in range(1, 6)]  # each message fetched once
     assert sorted(contents(dovecot, "Processed")) == sorted(mid(n) for n in range(1, 6))
     assert contents(dovecot, "INBOX") == {}
+
+
+def test_a_pass_longer_than_the_lease_keeps_the_mailbox(
+    dovecot: Dovecot, engine: Engine, clock: FixedClock
+) -> None:
+    append(dovecot, 1, 2, 3, 4)
+    box = box_for(dovecot, move_to="Processed")
+    ingest = RecordingIngest(engine, clock)
+    second = ImapFetcher(box, engine, ingest, clock, holder="machine-b:1")
+    taken_by_second: list[int] = []
+
+    def slow(calls: int, key: str) -> None:
+        # Each mail takes 60% of the lease; meanwhile the other process looks in.
+        clock.advance(seconds=first.lease.total_seconds() * 0.6)
+        taken_by_second.append(second.fetch_once())
+
+    ingest.fail = slow
+    first = ImapFetcher(box, engine, ingest, clock, holder="machine-a:1")
+    try:
+        assert first.fetch_once() == 4
+    finally:
+        first.close()
+        second.close()
+    assert taken_by_second == [0, 0, 0, 0]
+    assert ingest.calls == [mid(n) for n in range(1, 5)]  # each once, in order
+
+
+def test_fetch_once_says_when_another_process_holds_the_mailbox(
+    dovecot: Dovecot, tmp_path: Path, database_url: str
+) -> None:
+    from tests.test_cli import run, write_config
+    from ticketing.clock import SystemClock
+    from ticketing.db import make_engine
+
+    clock = SystemClock()  # the command below reads the real time too
+
+    append(dovecot, 1)
+    config = write_config(tmp_path, database_url)
+    config.write_text(config.read_text() + (
+        f'[[imap]]\nhost = "{dovecot.host}"\nport = {dovecot.port}\nsecurity = "none"\n'
+        f'user = "{dovecot.user}"\npassword = "{dovecot.password}"\n'))
+    engine = make_engine(database_url)
+    box = box_for(dovecot)
+    serving = ImapFetcher(box, engine, RecordingIngest(engine, clock), clock, holder="serve:1")
+    try:
+        assert serving._hold()  # a running serve holds the mailbox
+        held = run(config, "fetch", "--once")
+    finally:
+        serving.close()  # and lets go
+    free = run(config, "fetch", "--once")
+    engine.dispose()
+    assert held.returncode == 75, held.stderr
+    assert b"being fetched by another process" in held.stderr
+    assert free.returncode == 0, free.stderr
+    assert b"1 message(s) ingested" in free.stdout
