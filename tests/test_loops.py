@@ -223,13 +223,14 @@ def test_forged_agent_gets_no_agent_power(desks: Callable[..., Desk], relay: Rel
     assert email.utils.parseaddr(shown["messages"][2]["from"])[1] == ALICE
 
 
-def _abuse_report(ours: Received | None, rcpt_to: str, enclosed_to: str) -> bytes:
+def _abuse_report(ours: Received | None, rcpt_to: str, enclosed_to: str,
+                  sender: str = "fbl@provider.test", headers: str = "") -> bytes:
     """An RFC 5965 feedback report as a mailbox provider sends it: the reader pressed
     "spam" on `ours` (or on a mail we never sent, when None)."""
     message_id = ours.message["Message-ID"] if ours else f"<mailgate.{uuid.uuid4().hex}@example.com>"
     original_rcpt = f"Original-Rcpt-To: {rcpt_to}\r\n" if rcpt_to else ""
     return (
-        "From: Feedback Loop <fbl@provider.test>\r\n"
+        f"{headers}From: Feedback Loop <{sender}>\r\n"
         "To: support@example.com\r\n"
         "Subject: Abuse report\r\n"
         f"Message-ID: <fbl-{uuid.uuid4().hex}@provider.test>\r\n"
@@ -247,16 +248,28 @@ def _abuse_report(ours: Received | None, rcpt_to: str, enclosed_to: str) -> byte
     ).encode()
 
 
-@pytest.mark.parametrize(("copied", "named", "stopped"), [
-    (False, "grumpy@customer.test", {"grumpy@customer.test"}),
-    (False, "", {"grumpy@customer.test"}),  # redacted, but the mail had one reader
-    (False, "other@customer.test", set()),  # names someone the mail never went to
-    (True, "grumpy@customer.test", set()),  # two readers: the other could have sent it
-], ids=["named", "redacted", "names-someone-else", "one-of-two-readers"])
+GRUMPY = {"grumpy@customer.test"}
+# The topmost Authentication-Results, as our own border host writes it.
+PASSED = "Authentication-Results: mx.example.com; dkim=pass header.d=provider.test\r\n"
+TRUSTING = {"trust": "authentication-results", "trusted_authserv_id": "mx.example.com"}
+
+
+@pytest.mark.parametrize(("copied", "named", "sender", "agents", "headers", "stopped"), [
+    (False, "grumpy@customer.test", "fbl@provider.test", {}, "", GRUMPY),
+    (False, "", "fbl@provider.test", {}, "", GRUMPY),  # redacted, but one reader
+    (False, "", "fbl@mail.provider.test", TRUSTING, PASSED, GRUMPY),  # DKIM-checked
+    (False, "other@customer.test", "fbl@provider.test", {}, "", set()),  # not a reader
+    (True, "grumpy@customer.test", "fbl@provider.test", {}, "", set()),  # two readers
+    (False, "", "fbl@elsewhere.test", {}, "", set()),  # not a feedback loop of ours
+    (False, "", "fbl@provider.test", TRUSTING, "", set()),  # its From not authenticated
+], ids=["named", "redacted", "authenticated", "names-someone-else", "one-of-two-readers",
+        "unknown-loop", "unauthenticated"])
 def test_an_abuse_complaint_about_our_mail_stops_mail_to_the_complainant(
-    desks: Callable[..., Desk], relay: Relay, copied: bool, named: str, stopped: set[str]
+    desks: Callable[..., Desk], relay: Relay, copied: bool, named: str, sender: str,
+    agents: dict[str, str], headers: str, stopped: set[str],
 ) -> None:
-    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+                 support={"feedback_loops": ["provider.test"]}, agents=agents)
     readers = ["grumpy@customer.test", "colleague@customer.test"] if copied else [
         "grumpy@customer.test"]
     with serving(desk) as port:
@@ -264,8 +277,9 @@ def test_an_abuse_complaint_about_our_mail_stops_mail_to_the_complainant(
                            cc="colleague@customer.test" if copied else ""))
         confirmation = relay.wait_for(1)[0]
         assert sorted(confirmation.rcpt_tos) == sorted(readers)
-        report = _abuse_report(confirmation, named, named or "redacted@customer.test")
-        assert send(port, report, "fbl@provider.test") == {}
+        report = _abuse_report(confirmation, named, named or "redacted@customer.test",
+                               sender, headers)
+        assert send(port, report, sender) == {}
         relay.settle()
         # Each reader writes again: only those not stopped get a confirmation.
         for n, reader in enumerate(readers):
@@ -287,7 +301,8 @@ def test_an_abuse_complaint_about_our_mail_stops_mail_to_the_complainant(
 def test_an_abuse_report_about_mail_we_never_sent_marks_nobody(
     desks: Callable[..., Desk], relay: Relay
 ) -> None:
-    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+                 support={"feedback_loops": ["provider.test"]})
     with serving(desk) as port:
         # A Message-ID in our form, but of no mail we sent.
         send(port, _abuse_report(None, "ceo@customer.test", "ceo@customer.test"),
@@ -342,8 +357,10 @@ def test_a_report_with_thousands_of_parts_is_filed_without_reading_them_all(
         assert session.exec(select(Account).where(col(Account.bouncing_since).is_not(None))).all() == []
 
 
+@pytest.mark.parametrize("field", ["Message-ID: ", "Message-Id:\r\n  "],
+                         ids=["plain", "folded"])
 def test_a_bounce_is_matched_to_the_mail_it_returns_not_to_one_it_refers_to(
-    desks: Callable[..., Desk], relay: Relay
+    desks: Callable[..., Desk], relay: Relay, field: str
 ) -> None:
     desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
     with serving(desk) as port:
@@ -362,7 +379,7 @@ def test_a_bounce_is_matched_to_the_mail_it_returns_not_to_one_it_refers_to(
             "Final-Recipient: rfc822; bob@customer.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
             "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
             f"References: {first.message['Message-ID']}\r\n"
-            f"Message-ID: {second.message['Message-ID']}\r\n"
+            f"{field}{second.message['Message-ID']}\r\n"
             "--b--\r\n"
         ).encode()
         send(port, dsn, "<>")

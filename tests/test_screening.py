@@ -10,7 +10,7 @@ from textwrap import dedent
 import pytest
 
 from tests.servers import corpus_dir
-from ticketing.authresults import agent_authenticated
+from ticketing.authresults import sender_authenticated
 from ticketing.identity import LOOP_HEADER, new_message_id
 from ticketing.inbound import Inbound
 from ticketing.parse import parse_mail
@@ -519,7 +519,7 @@ def _agent_mail(top: str = "", forged: str = "") -> bytes:
 
 def _trusted(raw: bytes, settings: Settings = TRUSTING, authenticated: bool = False) -> bool:
     inbound = Inbound(raw, "smtp", "dana@example.com", authenticated=authenticated)
-    return agent_authenticated(parse_mail(raw), inbound, settings)
+    return sender_authenticated(parse_mail(raw), inbound, settings)
 
 
 def test_dkim_or_spf_pass_from_the_trusted_host_grants_agent_powers() -> None:

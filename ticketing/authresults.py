@@ -1,4 +1,4 @@
-"""Whether a mail from an agent's address really is the agent's: Authentication-Results (RFC 8601)."""
+"""Whether a mail is from its From address (an agent, a feedback loop): RFC 8601 results."""
 
 from __future__ import annotations
 
@@ -66,8 +66,9 @@ def _aligned(domain: str, from_domain: str) -> bool:
     return bool(domain) and (from_domain == domain or from_domain.endswith("." + domain))
 
 
-def agent_authenticated(mail: ParsedMail, inbound: Inbound, settings: Settings) -> bool:
-    """Whether the From address can be believed enough to grant agent powers."""
+def sender_authenticated(mail: ParsedMail, inbound: Inbound, settings: Settings) -> bool:
+    """Whether the From address can be believed: enough to grant agent powers, or to
+    let an abuse report stop mail (agents.trust says how it is checked)."""
     if inbound.authenticated or settings.agents.trust == "none":
         return True
     if settings.agents.trust != "authentication-results" or mail.sender is None:

@@ -28,6 +28,9 @@ class SupportSettings:
     aliases: tuple[str, ...] = ()
     sender_policy: str = "open"
     allowed_domains: tuple[str, ...] = ()
+    # From domains of the abuse-report feedback loops signed up for (RFC 5965): only
+    # their reports stop mail to a complainant.
+    feedback_loops: tuple[str, ...] = ()
 
     @property
     def domain(self) -> str:

@@ -13,11 +13,11 @@ from sqlmodel import Session, col, select
 
 from ticketing import notifications, oncall
 from ticketing.addresses import Address, normalize
-from ticketing.authresults import agent_authenticated
+from ticketing.authresults import sender_authenticated
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
 from ticketing.conversation import clean_subject, find_ticket, is_ours
 from ticketing.dsn import read_complaint
-from ticketing.identity import our_message_ids_in
+from ticketing.identity import is_our_message_id, our_message_ids_in
 from ticketing.inbound import Inbound, Outcome
 from ticketing.models import Account, Attachment, Message, Outbox, ThreadRef, Ticket
 from ticketing.parse import ParsedMail
@@ -107,19 +107,32 @@ def file_classified(
             if address.lower() in sent_to:
                 mark_bouncing(session, address.lower(), verdict.reason, desk.clock.now())
     if verdict.rule == "feedback-report":
-        _complaint(session, desk, inbound.raw)
+        _complaint(session, desk, inbound, mail, inbound.raw)
     number = ticket.id if ticket else None
     return Outcome("classified", number, message.id, f"{verdict.kind} ({verdict.rule})")
 
 
-def _complaint(session: Session, desk: Desk, raw: bytes) -> None:
+def _complaint(
+    session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, raw: bytes
+) -> None:
     """Someone marked a mail of ours as spam: no more mail to them until an operator
-    clears it. Only for a mail we really sent to that one reader: a report naming one
-    of several readers could come from another of them, so it stops nobody."""
+    clears it. Only for a report from a feedback loop we signed up for (its From
+    believed as agents.trust says), about a mail we really sent to that one reader:
+    a report naming one of several readers could come from another of them."""
     complaint = read_complaint(raw)
-    if complaint is None or not complaint.message_id:
+    domain = desk.settings.support.domain
+    if complaint is None or not is_our_message_id(complaint.message_id, domain):
         return
-    row = session.exec(select(Outbox).where(Outbox.message_id == complaint.message_id)).first()
+    loops = [d.lower() for d in desk.settings.support.feedback_loops]
+    domain = mail.sender.address.rpartition("@")[2] if mail.sender else ""
+    listed = any(domain == d or domain.endswith("." + d) for d in loops)
+    if not listed or not sender_authenticated(mail, inbound, desk.settings):
+        log.info("abuse report on <%s> from %s: not a feedback loop of ours (support."
+                 "feedback_loops), or not authenticated; stopping nobody",
+                 complaint.message_id, mail.sender.address if mail.sender else "nobody")
+        return
+    row = session.exec(
+        select(Outbox).where(Outbox.message_id == complaint.message_id.lower())).first()
     if row is None:
         log.info("abuse report on <%s>: not a mail of ours", complaint.message_id)
         return
@@ -137,21 +150,21 @@ def _complaint(session: Session, desk: Desk, raw: bytes) -> None:
 
 def _returned_mail(session: Session, raw: bytes, domain: str) -> Outbox | None:
     """The mail of ours that a bounce or auto-reply returns, found by its Message-ID."""
-    found = our_message_ids_in(raw, domain)
+    found = [m.lower() for m in our_message_ids_in(raw, domain)]
     if not found:
         return None
-    rows = {r.message_id: r for r in session.exec(
-        select(Outbox).where(col(Outbox.message_id).in_(found[:20]))).all()}
     # The returned mail's own Message-ID header first: ours named in its References
     # or quoted in its text are earlier mails, to other readers perhaps.
-    headed = [m.decode("ascii", "replace") for m in _MESSAGE_ID_FIELD.findall(raw)]
-    for message_id in (*headed, *found):
-        if message_id in rows:
-            return rows[message_id]
-    return None
+    headed = [m.decode("ascii", "replace").lower() for m in _MESSAGE_ID_FIELD.findall(raw)]
+    headed = [m for m in headed if m in found]
+    wanted = list(dict.fromkeys((*headed, *found)))[:20]
+    rows = {r.message_id: r for r in session.exec(
+        select(Outbox).where(col(Outbox.message_id).in_(wanted))).all()}
+    return next((rows[m] for m in wanted if m in rows), None)
 
 
-_MESSAGE_ID_FIELD = re.compile(rb"(?im)^message-id:[ \t]*<?([^>\s]+)")
+# A Message-ID field, folded or not.
+_MESSAGE_ID_FIELD = re.compile(rb"(?im)^message-id:[ \t]*(?:\r?\n[ \t]+)?<?([^>\s]+)")
 
 
 def open_or_hold(
@@ -259,7 +272,7 @@ def file_reply(
     if sender is None:
         return None
     agents = agent_addresses(session, desk.settings)
-    is_agent = sender.address in agents and agent_authenticated(mail, inbound, desk.settings)
+    is_agent = sender.address in agents and sender_authenticated(mail, inbound, desk.settings)
     match = find_ticket(session, mail, inbound, desk.settings, sender.address, is_agent,
                         unverified_agent=sender.address in agents and not is_agent)
     if match is None:
