@@ -163,7 +163,7 @@ def cmd_fetch(settings: Settings, args: argparse.Namespace) -> int:
         for fetcher in fetchers:
             if fetcher.standing_by:
                 print(f"mailgate fetch: {fetcher.box.key} is being fetched by another "
-                      "process (a running serve?); nothing taken from it", file=sys.stderr)
+                      "process (a running serve?); left to it", file=sys.stderr)
         if any(f.storage_fault for f in fetchers):
             return 1
         return exitcodes.EX_TEMPFAIL if any(f.standing_by for f in fetchers) else 0

@@ -164,6 +164,10 @@ class ImapFetcher:
             self._record(uidvalidity, uid)
             return 0
         mid = message_id(raw)
+        # A large mail on a slow link takes a while: hold on, or leave it to whoever
+        # took the mailbox meanwhile.
+        if not self._holding():
+            return 0
         try:
             outcome = self.ingest(Inbound(bytes(raw), route=self.route))
         except StorageError as exc:
@@ -288,14 +292,20 @@ class ImapFetcher:
             return state.last_uid
 
     def _record(self, uidvalidity: int, uid: int) -> None:
+        """Where we stand, and the lease renewed; only while we hold the mailbox, so a
+        fetcher that lost it in a long take never moves the new holder's place back."""
+        now = self.clock.now()
         with transaction(self.engine) as session:
-            state = session.get(MailboxState, self.box.key)
-            if state is None:
-                state = MailboxState(key=self.box.key, updated_at=self.clock.now())
-            state.uidvalidity = uidvalidity
-            state.last_uid = uid
-            state.updated_at = self.clock.now()
-            session.add(state)
+            done = session.execute(
+                update(MailboxState)
+                .where(col(MailboxState.key) == self.box.key,
+                       col(MailboxState.held_by) == self.holder)
+                .values(uidvalidity=uidvalidity, last_uid=uid, updated_at=now,
+                        held_until=now + self.lease)
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                log.warning("%s: uid %d done, but another fetcher took the mailbox "
+                            "meanwhile; it goes on from its own place", self.box.key, uid)
 
     # -- the connection -------------------------------------------------------------------
 

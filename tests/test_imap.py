@@ -588,3 +588,35 @@ def test_fetch_once_says_when_another_process_holds_the_mailbox(
     assert b"being fetched by another process" in held.stderr
     assert free.returncode == 0, free.stderr
     assert b"1 message(s) ingested" in free.stdout
+
+
+def test_a_fetcher_that_lost_the_mailbox_mid_message_does_not_set_the_new_one_back(
+    dovecot: Dovecot, engine: Engine, clock: FixedClock
+) -> None:
+    append(dovecot, 1, 2, 3)
+    box = box_for(dovecot)  # no move_to: a position set back would fetch 2 and 3 again
+    ingest = RecordingIngest(engine, clock)
+    second = ImapFetcher(box, engine, ingest, clock, holder="machine-b:1")
+    stalled: list[int] = []
+
+    def stall_once(calls: int, key: str) -> None:
+        # The first fetcher's first mail takes longer than its whole lease; meanwhile
+        # the other process takes the mailbox and fetches everything there.
+        if not stalled:
+            stalled.append(calls)
+            clock.advance(seconds=first.lease.total_seconds() + 1)
+            assert second.fetch_once() == 3
+
+    ingest.fail = stall_once
+    first = ImapFetcher(box, engine, ingest, clock, holder="machine-a:1")
+    try:
+        assert first.fetch_once() == 1  # the mail in hand, then it stops
+        assert first.standing_by
+        append(dovecot, 4)
+        assert second.fetch_once() == 1
+    finally:
+        first.close()
+        second.close()
+    # The stalled mail came twice (ingest stores it once); nothing else was fetched again.
+    assert ingest.calls == [mid(1), mid(1), mid(2), mid(3), mid(4)]
+    assert stored(engine) == sorted(mid(n) for n in range(1, 5))

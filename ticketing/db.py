@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session
 
@@ -43,8 +43,10 @@ def make_engine(url: str) -> Engine:
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     # A database that does not answer is a temporary failure after ten seconds (451 to
     # the sender, 75 to the MTA), not after the system's TCP timeout of minutes.
+    # (A connect_timeout in the URL's query wins.)
+    given = "connect_timeout" in make_url(url).query
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10,
-                         connect_args={"connect_timeout": 10})
+                         connect_args={} if given else {"connect_timeout": 10})
 
 
 _WRITERS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
