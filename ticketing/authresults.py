@@ -60,7 +60,7 @@ def _domain_of(value: str) -> str:
     return value.rpartition("@")[2].strip("<>").lower()
 
 
-def _aligned(domain: str, from_domain: str) -> bool:
+def aligned(domain: str, from_domain: str) -> bool:
     # Relaxed alignment (as DMARC has it): the From domain is the signing or
     # envelope domain, or below it. A signer can only sign for a domain it holds.
     return bool(domain) and (from_domain == domain or from_domain.endswith("." + domain))
@@ -89,11 +89,11 @@ def sender_authenticated(mail: ParsedMail, inbound: Inbound, settings: Settings)
             if found.result != "pass":
                 continue
             if found.method == "dkim" and (
-                _aligned(found.prop("header.d"), from_domain)
-                or _aligned(_domain_of(found.prop("header.i")), from_domain)
+                aligned(found.prop("header.d"), from_domain)
+                or aligned(_domain_of(found.prop("header.i")), from_domain)
             ):
                 return True
-            if found.method == "spf" and _aligned(
+            if found.method == "spf" and aligned(
                 _domain_of(found.prop("smtp.mailfrom")), from_domain
             ):
                 return True

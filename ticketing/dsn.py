@@ -131,18 +131,21 @@ def _part_text(part: Message) -> str:
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(payload)
 
 
-def _report_parts(part: Message, depth: int = 0) -> list[tuple[str, Message]]:
-    """Report parts, never inside an enclosed message: a forwarded bounce is a person's mail."""
+def _report_parts(
+    part: Message, parent: Message | None = None, depth: int = 0
+) -> list[tuple[str, Message, Message]]:
+    """(kind, part, the multipart around it) of each report part, never inside an
+    enclosed message: a forwarded bounce is a person's mail."""
     kind = _REPORT_PARTS.get(part.get_content_type())
     if kind:
-        return [(kind, part)]
+        return [(kind, part, parent or part)]
     if part.get_content_type().startswith("message/") or depth >= _MAX_DEPTH:
         return []
     payload = part.get_payload() if part.is_multipart() else []
-    found: list[tuple[str, Message]] = []
+    found: list[tuple[str, Message, Message]] = []
     for child in payload if isinstance(payload, list) else []:
         if isinstance(child, Message):
-            found.extend(_report_parts(child, depth + 1))
+            found.extend(_report_parts(child, part, depth + 1))
     return found
 
 
@@ -163,22 +166,6 @@ class Complaint:
 
     message_id: str  # the enclosed mail's own Message-ID, without <>
     named: tuple[str, ...]  # Original-Rcpt-To, else the enclosed To; often redacted
-
-
-def _feedback_part(part: Message, parent: Message | None = None,
-                   depth: int = 0) -> tuple[Message, Message] | None:
-    """The first feedback part and the multipart around it, never inside an enclosed mail."""
-    if part.get_content_type() == FEEDBACK:
-        return (parent or part), part
-    if part.get_content_type().startswith("message/") or depth >= _MAX_DEPTH:
-        return None
-    payload = part.get_payload() if part.is_multipart() else []
-    for child in payload if isinstance(payload, list) else []:
-        if isinstance(child, Message):
-            found = _feedback_part(child, part, depth + 1)
-            if found is not None:
-                return found
-    return None
 
 
 def _enclosed(report: Message) -> Message | None:
@@ -205,10 +192,10 @@ def read_complaint(raw: bytes) -> Complaint | None:
     if not _REPORT_MARK.search(raw):
         return None
     message = email.message_from_bytes(raw, policy=email.policy.compat32)
-    found = _feedback_part(message)
-    if found is None:
+    found = [(part, report) for kind, part, report in _report_parts(message) if kind == FEEDBACK]
+    if not found:
         return None
-    report, feedback = found
+    feedback, report = found[0]
     named = [_address(line.split(":", 1)[1]) for line in _unfold(_part_text(feedback))
              if line.lower().startswith("original-rcpt-to:")]
     enclosed = _enclosed(report)
@@ -229,7 +216,7 @@ def read_report(raw: bytes) -> Report:
     message = email.message_from_bytes(raw, policy=email.policy.compat32)
     kinds: set[str] = set()
     found: dict[str, RecipientStatus] = {}
-    for kind, part in _report_parts(message):
+    for kind, part, _ in _report_parts(message):
         kinds.add(kind)
         if kind == DELIVERY_STATUS:
             for recipient in recipients_from_fields(_part_text(part)):

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from ticketing import notifications, oncall
 from ticketing.addresses import Address, normalize
-from ticketing.authresults import sender_authenticated
+from ticketing.authresults import aligned, sender_authenticated
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
 from ticketing.conversation import clean_subject, find_ticket, is_ours
 from ticketing.dsn import read_complaint
@@ -123,9 +123,8 @@ def _complaint(
     domain = desk.settings.support.domain
     if complaint is None or not is_our_message_id(complaint.message_id, domain):
         return
-    loops = [d.lower() for d in desk.settings.support.feedback_loops]
     domain = mail.sender.address.rpartition("@")[2] if mail.sender else ""
-    listed = any(domain == d or domain.endswith("." + d) for d in loops)
+    listed = any(aligned(loop.lower(), domain) for loop in desk.settings.support.feedback_loops)
     if not listed or not sender_authenticated(mail, inbound, desk.settings):
         log.info("abuse report on <%s> from %s: not a feedback loop of ours (support."
                  "feedback_loops), or not authenticated; stopping nobody",
