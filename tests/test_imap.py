@@ -423,19 +423,9 @@ def test_a_mailbox_message_becomes_a_ticket(
 def _tls_dovecot_config(folder: Path) -> tuple[str, Path, int]:
     """Dovecot config lines for TLS on a certificate for 127.0.0.1 (made with openssl),
     with an IMAPS listener beside the STARTTLS one; the certificate; the IMAPS port."""
-    import shutil
-    import subprocess
+    from tests.servers import free_port, self_signed_certificate
 
-    from tests.servers import free_port, missing
-
-    if shutil.which("openssl") is None:
-        missing("openssl is not installed (Debian package openssl)")
-    cert, key = folder / "imap.crt", folder / "imap.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=mailgate test", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60)
+    cert, key = self_signed_certificate(folder, "imap")
     port = free_port()
     config = (
         f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"

@@ -105,28 +105,35 @@ def test_real_bounces_and_auto_replies_get_no_answer(desks: Callable[..., Desk],
     assert answered == []
 
 
+def _bounce(failed: str, returned_headers: str) -> bytes:
+    """A delivery status report (RFC 3464) from the customer's server: `failed` failed
+    for good; the header block of the mail returned."""
+    return (
+        "From: MAILER-DAEMON@mx.customer.test\r\n"
+        "To: support@example.com\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: <bounce-{uuid.uuid4().hex}@mx.customer.test>\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
+        "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.customer.test\r\n\r\n"
+        f"Final-Recipient: rfc822; {failed}\r\nAction: failed\r\n"
+        "Status: 5.1.1\r\n\r\n"
+        "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"{returned_headers}"
+        "--b--\r\n"
+    ).encode()
+
+
 def test_permanent_bounce_of_our_mail_stops_mail_to_that_address(desks: Callable[..., Desk],
                                                                  relay: Relay) -> None:
     desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
     with serving(desk) as port:
         send(port, request("Help", "Please.", sender="gone@customer.test"))
         confirmation = relay.wait_for(1)[0]
-        dsn = (
-            "From: MAILER-DAEMON@mx.customer.test\r\n"
-            "To: support@example.com\r\n"
-            "Subject: Undelivered Mail Returned to Sender\r\n"
-            "Message-ID: <bounce-1@mx.customer.test>\r\n"
-            "MIME-Version: 1.0\r\n"
-            'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
-            "--b\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
-            "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
-            "Reporting-MTA: dns; mx.customer.test\r\n\r\n"
-            "Final-Recipient: rfc822; gone@customer.test\r\nAction: failed\r\n"
-            "Status: 5.1.1\r\n\r\n"
-            "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-            f"Message-ID: {confirmation.message['Message-ID']}\r\n"
-            "--b--\r\n"
-        ).encode()
+        dsn = _bounce("gone@customer.test",
+                      f"Message-ID: {confirmation.message['Message-ID']}\r\n")
         send(port, dsn, "<>")
         relay.settle()
         before = len(relay.received)
@@ -369,19 +376,9 @@ def test_a_bounce_is_matched_to_the_mail_it_returns_not_to_one_it_refers_to(
         send(port, request("Second", "Two.", sender="bob@customer.test"))
         second = relay.wait_for(2)[1]
         # Bob's server returns the second mail; its headers also name the first one.
-        dsn = (
-            "From: MAILER-DAEMON@mx.customer.test\r\nTo: support@example.com\r\n"
-            "Subject: Undelivered Mail Returned to Sender\r\n"
-            "Message-ID: <bounce-2@mx.customer.test>\r\nMIME-Version: 1.0\r\n"
-            'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
-            "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
-            "Reporting-MTA: dns; mx.customer.test\r\n\r\n"
-            "Final-Recipient: rfc822; bob@customer.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
-            "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-            f"References: {first.message['Message-ID']}\r\n"
-            f"{field}{second.message['Message-ID']}\r\n"
-            "--b--\r\n"
-        ).encode()
+        dsn = _bounce("bob@customer.test",
+                      f"References: {first.message['Message-ID']}\r\n"
+                      f"{field}{second.message['Message-ID']}\r\n")
         send(port, dsn, "<>")
     with transaction(desk.engine) as session:
         bouncing = session.exec(select(Account.address).where(

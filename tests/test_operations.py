@@ -15,7 +15,7 @@ from sqlmodel import select
 
 from mailgate import pipe
 from tests.harness import Relay, request, send, serving
-from tests.servers import corpus_dir, free_port, missing
+from tests.servers import corpus_dir, free_port, missing, self_signed_certificate
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.ingest import replay
@@ -126,23 +126,10 @@ def test_one_client_cannot_hold_every_connection(desks: Callable[..., Desk]) -> 
             assert client.noop()[0] == 250
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
-    if shutil.which("openssl") is None:
-        missing("openssl is not installed (Debian package openssl)")
-    cert, key = folder / "smtp.crt", folder / "smtp.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=mailgate test", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60)
-    return cert, key
-
-
 def test_a_client_can_start_tls_with_the_configured_certificate(
     desks: Callable[..., Desk], relay: Relay, tmp_path: Path
 ) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_certificate(tmp_path, "smtp")
     desk = desks(smtp={"port": free_port(), "tls_cert": str(cert), "tls_key": str(key)},
                  outbound={"relay": relay.address})
     # The client trusts only this certificate, so the handshake proves it is the one served.
