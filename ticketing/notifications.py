@@ -184,9 +184,10 @@ def _files(session: Session, desk: Desk, message: Message) -> tuple[list[FileToS
 
 def announce_new_ticket(
     session: Session, desk: Desk, ticket: Ticket, request: Message, cc: Sequence[Address],
-    now: datetime, paged_hooks: Sequence[str] = (),
+    now: datetime, paged_hooks: Sequence[str] = (), not_paged: str = "",
 ) -> list[Outbox]:
-    """Tell the agents (or the team list) of a new ticket; its Reply-To makes their answer public."""
+    """Tell the agents (or the team list) of a new ticket; its Reply-To makes their answer
+    public. not_paged says why a ticket that calls for a page paged nobody."""
     assert ticket.id is not None
     team = desk.settings.agents.team_address
     agents = [team.lower()] if team else sorted(agent_addresses(session, desk.settings))
@@ -207,6 +208,7 @@ def announce_new_ticket(
         "paged": bool(paged_hooks),
         "paged_at": now.strftime("%Y-%m-%d %H:%M UTC"),
         "paged_hooks": list(paged_hooks),
+        "not_paged": not_paged,
     }
     text, html = desk.templates.render("new_ticket", **context)
     urgent = [("Importance", "high"), ("X-Priority", "1")] if paged_hooks else []

@@ -243,6 +243,68 @@ def escalate(
     return pages
 
 
+# -- page limits --------------------------------------------------------------
+#
+# Pages are scarce: a requester, and a requester's domain, may cause only so many
+# an hour. A ticket over the limit keeps its severity and pages nobody; "withheld"
+# rows (status "skipped") record on it why, and name the tickets that did page.
+
+PAGE_WINDOW = timedelta(hours=1)
+
+
+def page_limit(session: Session, ticket: Ticket, settings: Settings, now: datetime) -> str:
+    """Why this ticket may not page now ("" when it may): its requester or their domain
+    has caused oncall.max_pages_per_sender / max_pages_per_domain pages this hour."""
+    oncall = settings.oncall
+    if not oncall.max_pages_per_sender and not oncall.max_pages_per_domain:
+        return ""
+    requester = ticket.requester.lower()
+    domain = requester.rpartition("@")[2]
+    rows = session.exec(
+        select(Page.ticket_id, Ticket.requester)
+        .join(Ticket, Ticket.id == Page.ticket_id)  # type: ignore[arg-type]
+        .where(Page.action == "trigger", Page.created_at > now - PAGE_WINDOW)
+        .distinct()
+    ).all()
+    # One escalation is one page, whatever number of hooks it went to.
+    by_sender = sorted({t for t, who in rows if who.lower() == requester})
+    by_domain = sorted({t for t, who in rows if who.lower().rpartition("@")[2] == domain})
+    for limit, paged, whose in ((oncall.max_pages_per_sender, by_sender, requester),
+                                (oncall.max_pages_per_domain, by_domain, f"@{domain}")):
+        if limit and len(paged) >= limit:
+            tickets = ", ".join(f"#{t}" for t in paged[-5:])
+            return (f"page limit reached: {len(paged)} pages in the last hour for {whose} "
+                    f"(at most {limit}; paged for {tickets})")
+    return ""
+
+
+def escalate_within_limits(
+    session: Session, ticket: Ticket, settings: Settings, now: datetime, reason: str
+) -> tuple[list[Page], str]:
+    """escalate(), unless the page limit holds it back: then (no pages, why), with the
+    why recorded on the ticket as "withheld" rows."""
+    hooks = configured_hooks(settings.oncall)
+    if not hooks:
+        return [], ""
+    ticket_id = _ticket_id(session, ticket)
+    count, open_key, _ = _escalations(session, ticket_id)
+    if open_key is not None:
+        return [], ""
+    why = page_limit(session, ticket, settings, now)
+    if not why:
+        return escalate(session, ticket, settings, now, reason), ""
+    key = dedup_key(ticket, settings, count + 1)
+    recorded = set(session.exec(
+        select(Page.hook).where(Page.dedup_key == key, Page.action == "withheld")
+    ).all())
+    for hook in hooks:
+        if hook not in recorded:
+            page = _page(ticket_id, hook, "withheld", key, {}, settings, now)
+            page.status, page.last_error = "skipped", why
+            session.add(page)
+    return [], why
+
+
 def resolve(session: Session, ticket: Ticket, settings: Settings, now: datetime) -> list[Page]:
     """Close the ticket's open escalation: a PagerDuty resolve for its dedup key.
 

@@ -113,6 +113,9 @@ class OncallSettings:
     s1_outside_hours: bool = False
     give_up_after: int = 3600
     retry_base: float = 15.0  # seconds before the second attempt, doubling after
+    # Pages one requester, and one requester's domain, may cause an hour (0: no limit).
+    max_pages_per_sender: int = 3
+    max_pages_per_domain: int = 10
     webhook: WebhookHook | None = None
     pagerduty: PagerDutyHook | None = None
     command: CommandHook | None = None

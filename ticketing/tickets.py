@@ -227,8 +227,11 @@ def open_ticket(
     # Agents copied on a request hear of it by the agents' notice, not as customers.
     cc = _copied(mail, desk, {sender.address, *agent_addresses(session, desk.settings)})
     add_participants(session, ticket, cc, "cc", now)
-    pages = (oncall.escalate(session, ticket, desk.settings, now, "new ticket")
-             if _calls_for_page(desk, Severity(ticket.severity)) else [])
+    pages, withheld = (
+        oncall.escalate_within_limits(session, ticket, desk.settings, now, "new ticket")
+        if _calls_for_page(desk, Severity(ticket.severity)) else ([], ""))
+    if withheld:
+        log.warning("[#%s] on-call not paged: %s", ticket.id, withheld)
     next_opening = None
     if not pages:
         opening = oncall.next_opening(now, desk.settings.hours)
@@ -237,7 +240,7 @@ def open_ticket(
     notifications.confirm_new_ticket(session, desk, ticket, message, cc, now, bool(pages),
                                      next_opening)
     notifications.announce_new_ticket(session, desk, ticket, message, cc, now,
-                                      sorted({p.hook for p in pages}))
+                                      sorted({p.hook for p in pages}), not_paged=withheld)
     detail = f"{Severity(ticket.severity).label}, {len(cc)} copied, {len(files)} attached"
     return Outcome("new_ticket", ticket.id, message.id, detail)
 
@@ -248,16 +251,25 @@ def _calls_for_page(desk: Desk, severity: Severity) -> bool:
     return oncall.should_page(severity, desk.clock.now(), settings.oncall, settings.hours)
 
 
-def _escalation(session: Session, desk: Desk, ticket: Ticket, severity: Severity, status: str) -> None:
+def _escalation(
+    session: Session, desk: Desk, ticket: Ticket, severity: Severity, status: str,
+    by_agent: bool,
+) -> None:
     """Page when a change makes the ticket call for it (raised, or reopened while it does);
-    close the page when it no longer does (lowered below the paging policy)."""
+    close the page when it no longer does (lowered below the paging policy). A customer's
+    change pages within the page limits; an agent's always."""
     now = desk.clock.now()
     due = _calls_for_page(desk, Severity(ticket.severity))
     was_due = _calls_for_page(desk, severity)
     reopened = status in ("solved", "closed") and ticket.status not in ("solved", "closed")
     if due and (reopened or not was_due):
-        oncall.escalate(session, ticket, desk.settings, now,
-                        "reopened" if reopened else "severity raised")
+        why = "reopened" if reopened else "severity raised"
+        if by_agent:
+            oncall.escalate(session, ticket, desk.settings, now, why)
+        else:
+            _, withheld = oncall.escalate_within_limits(session, ticket, desk.settings, now, why)
+            if withheld:
+                log.warning("[#%s] on-call not paged: %s", ticket.id, withheld)
     elif was_due and not due:
         oncall.resolve(session, ticket, desk.settings, now)
 
@@ -314,7 +326,7 @@ def file_reply(
     before = Severity(ticket.severity), ticket.status
     _apply(session, desk, ticket, commands, sender.address, is_agent, mail, message, now)
     session.add(ticket)
-    _escalation(session, desk, ticket, *before)
+    _escalation(session, desk, ticket, *before, by_agent=is_agent)
     reached = {a.address for a in (*mail.to, *mail.cc)}
     notifications.fan_out(session, desk, ticket, message, now, author_is_agent=is_agent,
                           already_reached=reached, note=commands.note)
