@@ -275,14 +275,31 @@ def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
             print(f"mailgate: {args.command[:-1]} {address} added")
             return 0
         if args.action == "clear-bounce":
-            from ticketing.ratelimit import clear_bouncing
-
-            cleared = clear_bouncing(session, args.address.strip().lower())
-            print(f"mailgate: {args.address} {'cleared' if cleared else 'was not bouncing'}")
-            return 0
+            return _clear_bounce(session, args)
         rows = session.exec(select(table).order_by(table.address)).all()
         records = [r.model_dump(mode="json") for r in rows]
-    _print(records, args.json, lambda r: _rows(r, ("address", "name")))
+    keys = ("address", "name") if table is Agent else ("address", "name", "bouncing_since",
+                                                        "bounce_detail")
+    _print(records, args.json, lambda r: _rows(r, keys))
+    return 0
+
+
+def _clear_bounce(session: Any, args: argparse.Namespace) -> int:
+    from sqlmodel import col, select
+
+    from ticketing.models import Account
+    from ticketing.ratelimit import clear_bouncing
+
+    if args.all == bool(args.address):
+        print("mailgate: accounts clear-bounce takes one address or --all", file=sys.stderr)
+        return exitcodes.EX_USAGE
+    addresses = [args.address.strip().lower()] if args.address else list(session.exec(
+        select(Account.address).where(col(Account.bouncing_since).is_not(None))).all())
+    cleared = [a for a in addresses if clear_bouncing(session, a)]
+    if args.address:
+        print(f"mailgate: {args.address} {'cleared' if cleared else 'was not bouncing'}")
+    else:
+        print(f"mailgate: {len(cleared)} address(es) cleared")
     return 0
 
 
@@ -357,8 +374,9 @@ def parser() -> argparse.ArgumentParser:
         listing.add_argument("--json", action="store_true")
         choices = [add, listing]
         if name == "accounts":
-            clear = people.add_parser("clear-bounce", help="mail this address again")
-            clear.add_argument("address")
+            clear = people.add_parser("clear-bounce", help="mail this address (or --all) again")
+            clear.add_argument("address", nargs="?", default="")
+            clear.add_argument("--all", action="store_true", help="every bouncing address")
             choices.append(clear)
         for p in choices:
             p.set_defaults(run=cmd_people)

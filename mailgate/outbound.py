@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ _MAX_DELAY = 3600.0
 
 class TemporaryFailure(Exception):
     """Try again later: the relay is down, busy, or answered 4xx."""
+
+
+class RelayRefused(TemporaryFailure):
+    """The relay refused the mail as a whole (its policy, its login): not the readers' fault."""
 
 
 class PermanentFailure(Exception):
@@ -133,19 +138,70 @@ class RelayTransport:
                 options.append("SMTPUTF8")
             refused = client.sendmail(row.mail_from, recipients, row.raw, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
-            codes = {r: code for r, (code, _) in exc.recipients.items()}
-            if all(code >= 500 for code in codes.values()):
-                raise PermanentFailure(f"all recipients refused: {codes}", tuple(codes)) from exc
-            raise TemporaryFailure(f"recipients refused: {codes}") from exc
+            answers = {r: (code, _text(message)) for r, (code, message) in exc.recipients.items()}
+            code, text = next(iter(answers.values()))
+            if (len(answers) > 1 and len({_without(r, t) for r, (_, t) in answers.items()}) == 1
+                    and not _ENHANCED_READER.match(text)):
+                # The same refusal for every recipient is about us, not about them
+                # (unless its code says "no such mailbox" for each).
+                raise self._refused(f"every recipient refused: {code} {text}") from exc
+            readers = tuple(r for r, (code, text) in answers.items() if _about_recipient(code, text))
+            if readers and len(readers) == len(answers):
+                raise PermanentFailure(f"all recipients refused: {answers}", readers) from exc
+            if any(code >= 500 for code, _ in answers.values()):
+                raise self._refused(f"recipients refused: {answers}") from exc
+            raise TemporaryFailure(f"recipients refused: {answers}") from exc
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError,
+                smtplib.SMTPAuthenticationError) as exc:
+            # A refusal at MAIL FROM, DATA or the login says nothing about the readers.
+            raise self._refused(f"{exc.smtp_code} {_text(exc.smtp_error)}") from exc
         except smtplib.SMTPResponseException as exc:
             if 500 <= exc.smtp_code < 600:
-                raise PermanentFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
+                raise self._refused(f"{exc.smtp_code} {_text(exc.smtp_error)}") from exc
             raise TemporaryFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
         except (TimeoutError, OSError, smtplib.SMTPException) as exc:
             self.close()
             raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from exc
-        permanent = tuple(r for r, (code, _) in refused.items() if code >= 500)
+        permanent = tuple(r for r, (code, message) in refused.items()
+                          if _about_recipient(code, _text(message)))
+        others = {r: answer for r, answer in refused.items() if r not in permanent}
+        if others:
+            log.error("<%s> the relay %s:%s refused some recipients, not for a fault of "
+                      "theirs; they do not get this mail: %s", row.message_id, self.host,
+                      self.port, others)
         return Sent(permanent)
+
+    def _refused(self, answer: str) -> RelayRefused:
+        return RelayRefused(f"the relay {self.host}:{self.port} refused the mail: {answer}")
+
+
+# RFC 3463: X.1.x is about the address, X.2.x about the mailbox: the reader's own
+# failure. X.7.x (policy, "relay access denied", authentication), X.3.x, X.4.x and
+# X.5.x are about the relay, the network or our mail.
+_ENHANCED = re.compile(r"^\s*5\.(\d{1,3})\.\d{1,3}\b")
+_ENHANCED_READER = re.compile(r"^\s*5\.[12]\.\d{1,3}\b")
+_RELAY_WORDS = re.compile(r"relay|auth|access denied|not permitted|policy", re.IGNORECASE)
+
+
+def _text(message: bytes | str) -> str:
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+    return " ".join(text.split())[:500]
+
+
+def _without(address: str, text: str) -> str:
+    return text.replace(address, "").replace(address.lower(), "")
+
+
+def _about_recipient(code: int, text: str) -> bool:
+    """A permanent refusal that names the recipient as the fault (unknown, disabled)."""
+    if not 500 <= code < 600:
+        return False
+    enhanced = _ENHANCED.match(text)
+    if enhanced:
+        return enhanced.group(1) in ("1", "2")
+    # No enhanced code (RFC 5321 alone): 550/551/553 are about the mailbox, unless
+    # the words say it is the relay's policy.
+    return code in (550, 551, 553) and not _RELAY_WORDS.search(text)
 
 
 def transport_for(desk: Desk) -> Transport:
@@ -193,6 +249,7 @@ class Attempt:
     error: str = ""
     permanent: bool = False
     refused: tuple[str, ...] = ()
+    relay: bool = False  # the relay refused it as a whole: its problem, said loudly
 
 
 def _claim(session: Session, desk: Desk, worker: str) -> Outbox | None:
@@ -252,6 +309,8 @@ def deliver_due(desk: Desk, transport: Transport, worker: str, limit: int = 20) 
 def _attempt(transport: Transport, row: Outbox) -> Attempt:
     try:
         return Attempt(row, sent=transport.send(row))
+    except RelayRefused as exc:
+        return Attempt(row, error=str(exc), relay=True)
     except TemporaryFailure as exc:
         return Attempt(row, error=str(exc))
     except PermanentFailure as exc:
@@ -297,6 +356,11 @@ def _record(session: Session, desk: Desk, attempt: Attempt, worker: str) -> None
                   attempt.error)
     else:
         stored.next_attempt_at = now + mail_backoff(stored.attempts, settings.retry_base)
+        if attempt.relay:
+            log.error("%s attempt %d: %s; the mail is kept and tried again at %s (check "
+                      "the relay's settings: outbound.relay, username, password)", label,
+                      stored.attempts, attempt.error, stored.next_attempt_at)
+            return
         log.warning("%s attempt %d failed, retry at %s: %s", label, stored.attempts,
                     stored.next_attempt_at, attempt.error)
 
