@@ -317,12 +317,23 @@ def file_reply(
         return Outcome("reply", ticket.id, message.id, "command error: not published")
     _save(session, message, files, ticket)
     ticket.updated_at = now
+    # A From header proves nothing: a mail that joined only by its subject tag and
+    # its From (no reply token, no Message-ID of the thread) is added to the thread
+    # but changes nobody's place on it.
+    by_from_only = match.how == "tag" and not is_agent
+    if by_from_only and (leaving or _copied(mail, desk, {sender.address})):
+        log.warning("[#%s] <%s> from %s joined by its subject tag only: its #unfollow and "
+                    "copied addresses are ignored", ticket.id, mail.message_id, sender.address)
     if leaving:
-        unfollow(session, ticket, sender.address)
+        if not by_from_only:
+            unfollow(session, ticket, sender.address)
         if not text.strip():
             session.add(ticket)
-            return Outcome("reply", ticket.id, message.id, "unfollowed")
-    _join(session, desk, ticket, mail, sender, is_agent, agents, now)
+            return Outcome("reply", ticket.id, message.id,
+                           "#unfollow ignored: joined by subject tag only" if by_from_only
+                           else "unfollowed")
+    if not by_from_only:
+        _join(session, desk, ticket, mail, sender, is_agent, agents, now)
     before = Severity(ticket.severity), ticket.status
     _apply(session, desk, ticket, commands, sender.address, is_agent, mail, message, now)
     session.add(ticket)
