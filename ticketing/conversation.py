@@ -16,7 +16,7 @@ from ticketing.parse import ParsedMail
 from ticketing.settings import Settings
 
 TAG = re.compile(r"\[#(\d{1,12})\]")
-_PREFIX = re.compile(
+REPLY_PREFIX = re.compile(
     r"^\s*(?:(?:re|fwd?|aw|wg|sv|vs|antw|doorst|tr|rif|ref|odp|res|enc|r|i)\s*(?:\[\d+\])?\s*[:：]\s*)+",
     re.IGNORECASE,
 )
@@ -32,7 +32,7 @@ def clean_subject(subject: str) -> str:
     previous = None
     while previous != subject:
         previous = subject
-        subject = _PREFIX.sub("", subject)
+        subject = REPLY_PREFIX.sub("", subject)
         subject = TAG.sub("", subject).strip()
     return re.sub(r"\s{2,}", " ", subject).strip()
 
