@@ -103,6 +103,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.agents.addresses and settings.agents.trust == "none":
         log.warning("agents.trust is \"none\": mail claiming to be from an agent address is "
                     "believed without authentication (see README: agent authentication)")
+    from ticketing.compose import Templates
+
+    problem = Templates(settings).problem()
+    if problem is not None:
+        # Mail taken in but never answered is worse than a server that does not start.
+        raise ConfigError(f"{problem}; not starting")
     desk = _desk(settings)
     asyncio.run(serve(desk))
     return 0

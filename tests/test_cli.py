@@ -224,3 +224,18 @@ def test_deliver_hands_the_mail_to_a_running_server(tmp_path: Path, database_url
     assert shown["subject"] == "Through the pipe"
     assert shown["messages"][0]["route"] == "pipe"
     assert relay.received[0].rcpt_tos == ("carol@customer.test",)
+
+
+def test_serve_refuses_to_start_when_a_template_cannot_be_loaded(tmp_path: Path) -> None:
+    override = tmp_path / "my-templates"
+    override.mkdir()
+    (override / "confirmation.txt").write_text("Hello {{ name }\n")
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}",
+                          templates=f'override = "{override}"')
+    assert run(config, "init").returncode == 0
+    result = run(config, "serve")
+    assert result.returncode == 78
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "confirmation.txt" in lines[0] and "not starting" in lines[0]
+    assert b"Traceback" not in result.stderr

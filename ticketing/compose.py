@@ -8,12 +8,25 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import (
+    BaseLoader,
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    PackageLoader,
+    StrictUndefined,
+    TemplateError,
+    TemplateNotFound,
+    select_autoescape,
+)
 
 from ticketing import mime
 from ticketing.addresses import Address
 from ticketing.identity import LOOP_HEADER, new_message_id
 from ticketing.settings import Settings
+
+# The mails we write, each a NAME.txt and NAME.html pair.
+MAIL_TEMPLATES = ("confirmation", "new_ticket", "reply", "status", "command_error", "no_account")
 
 # Clients thread on the nearest references; a long chain only grows every mail.
 _MAX_REFERENCES = 20
@@ -34,20 +47,50 @@ class FileToSend:
 
 
 class Templates:
-    """Mail templates: the operator's override folder first, then ours."""
+    """Mail templates: the operator's override folder first, then ours.
+
+    Ours ship inside the package (ticketing/templates, subfolders included) and are
+    read as package resources, so an installed wheel finds them from any folder.
+    """
 
     def __init__(self, settings: Settings) -> None:
-        folders = [str(settings.templates_path)]
+        loaders: list[BaseLoader] = []
+        folders: list[str] = []
         if settings.templates_override:
-            folders.insert(0, str(settings.templates_override))
+            loaders.append(FileSystemLoader(str(settings.templates_override)))
+            folders.append(str(settings.templates_override))
+        if settings.templates_path:
+            loaders.append(FileSystemLoader(str(settings.templates_path)))
+            folders.append(str(settings.templates_path))
+        else:
+            loaders.append(PackageLoader("ticketing", "templates"))
+            folders.append("the templates shipped with mailgate")
+        self.where = " or ".join(folders)
         self.environment = Environment(
-            loader=FileSystemLoader(folders),
+            loader=ChoiceLoader(loaders),
             autoescape=select_autoescape(enabled_extensions=("html",), default=False),
             undefined=StrictUndefined,
             keep_trailing_newline=True,
             trim_blocks=True,
             lstrip_blocks=True,
         )
+
+    def names(self) -> list[str]:
+        """Every template's name, override folder and subfolders included."""
+        return sorted(self.environment.list_templates())
+
+    def problem(self) -> str | None:
+        """Why some template cannot be loaded (missing or not valid Jinja2), else None."""
+        wanted = [f"{name}.{kind}" for name in MAIL_TEMPLATES for kind in ("txt", "html")]
+        for name in dict.fromkeys([*wanted, *self.names()]):
+            try:
+                self.environment.get_template(name)
+            except TemplateNotFound:
+                return f"template {name} not found in {self.where}"
+            except TemplateError as exc:
+                line = getattr(exc, "lineno", None)
+                return f"template {name}{f' line {line}' if line else ''}: {exc.message}"
+        return None
 
     def render(self, name: str, **context: Any) -> tuple[str, str]:
         """(text, html) for one template pair: NAME.txt and NAME.html."""

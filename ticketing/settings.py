@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
 
 class ConfigError(ValueError):
     """A configuration value is missing or wrong; the message names the key."""
@@ -153,8 +151,10 @@ class LimitSettings:
 class Settings:
     support: SupportSettings = field(default_factory=SupportSettings)
     database_url: str = ""
-    storage_path: Path = field(default_factory=lambda: PROJECT_ROOT / "data")
-    templates_path: Path = field(default_factory=lambda: PROJECT_ROOT / "templates")
+    # Relative to the working directory unless the config file names another place.
+    storage_path: Path = field(default_factory=lambda: Path.cwd() / "data")
+    # None: the templates shipped inside the package.
+    templates_path: Path | None = None
     templates_override: Path | None = None
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
