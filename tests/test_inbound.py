@@ -130,7 +130,10 @@ def test_oversize_mail_is_refused_with_552(tmp_path: Path, database_url: str, re
         assert session.exec(select(Ticket)).all() == []
 
 
-def test_storage_fault_answers_451_and_keeps_nothing(desk: Desk, relay: Relay) -> None:
+def test_storage_fault_answers_451_and_keeps_nothing(desks: Callable[..., Desk],
+                                                     relay: Relay) -> None:
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+                 storage={"blobs": "folder"})
     data = desk.settings.storage_path / "blobs"
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_bytes(b"a file where the blob folder should be")  # the data folder cannot take a write

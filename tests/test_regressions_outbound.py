@@ -18,7 +18,7 @@ from sqlmodel import col, select
 from mailgate.outbound import RelayTransport, Sent, deliver_due, retry_now
 from tests.harness import Relay, request
 from tests.servers import free_port
-from ticketing.blobs import BlobStore
+from ticketing.blobs import FolderBlobs
 from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
@@ -33,7 +33,7 @@ LEASE = 300
 # 1. Content-addressed files written by several threads at once.
 
 def test_threads_storing_the_same_bytes_at_once_leave_the_whole_file(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "blobs")
+    store = FolderBlobs(tmp_path / "blobs")
     threads, rounds = 4, 40
     barrier = threading.Barrier(threads)
     problems: list[str] = []
@@ -45,7 +45,7 @@ def test_threads_storing_the_same_bytes_at_once_leave_the_whole_file(tmp_path: P
             digest = hashlib.sha256(data).hexdigest()
             barrier.wait()
             try:
-                assert store.put(data) == digest
+                store.put(None, digest, data)
                 found = store.path(digest).read_bytes()
             except Exception as exc:
                 problems.append(f"round {round_}, thread {number}: {type(exc).__name__}: {exc}")

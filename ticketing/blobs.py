@@ -1,15 +1,60 @@
-"""Content-addressed files in the data folder: raw mail and attachments."""
+"""Content-addressed raw mail and attachments: in the database, or in the data folder."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from sqlalchemy import Engine, bindparam
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from ticketing.db import StorageError
+from ticketing.models import Blob, BlobChunk
+from ticketing.settings import Settings
+
+# Rows of the chunk table, and the pieces a reader is handed: a large file is never
+# read or written whole in one statement.
+CHUNK = 1 << 20
 
 
-class BlobStore:
-    """Files named by their SHA-256, written durably before the row that names them commits.
+class MissingBlob(FileNotFoundError):
+    """No stored file has this hash (in the database, nor in this machine's folder)."""
+
+
+class BlobStore(Protocol):
+    """Files named by their SHA-256; written in the transaction of the row that names them."""
+
+    def put(self, session: Session, sha256: str, data: bytes) -> None:
+        """Keep these bytes (whose hash is sha256) by the time `session` commits."""
+
+    def has(self, session: Session, sha256: str) -> bool: ...
+
+    def chunks(self, sha256: str) -> Iterator[bytes]:
+        """The file in pieces of at most CHUNK bytes; MissingBlob when there is none."""
+
+    def get(self, sha256: str) -> bytes: ...
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob_store(settings: Settings, engine: Engine) -> BlobStore:
+    folder = FolderBlobs(settings.storage_path / "blobs")
+    if settings.blob_store == "database":
+        # Files an earlier version kept in this machine's folder stay readable here
+        # until `mailgate storage migrate-blobs` moves them into the database.
+        return DatabaseBlobs(engine, fallback=folder)
+    return folder
+
+
+class FolderBlobs:
+    """Files under the data folder, written durably before the row that names them commits.
 
     A file left behind by a rolled-back transaction is harmless: the same bytes would
     be written to the same name again.
@@ -24,13 +69,14 @@ class BlobStore:
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
-    def put(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        self.put_as(digest, data)
-        return digest
+    def put(self, session: Session | None, sha256: str, data: bytes) -> None:
+        try:
+            self.put_as(sha256, data)
+        except OSError as exc:
+            raise StorageError(f"data folder: {exc}") from exc
 
-    def put_as(self, digest: str, data: bytes) -> None:
-        target = self.path(digest)
+    def put_as(self, sha256: str, data: bytes) -> None:
+        target = self.path(sha256)
         folder = target.parent
         if folder not in self._synced:
             folder.mkdir(parents=True, exist_ok=True)
@@ -45,7 +91,7 @@ class BlobStore:
                 _fsync_folder(folder)  # another writer's rename may not be on the disk yet
             return
         # A name of its own per write: two threads storing the same bytes must not share one.
-        temporary = target.with_name(f".{digest}.{uuid.uuid4().hex}.tmp")
+        temporary = target.with_name(f".{sha256}.{uuid.uuid4().hex}.tmp")
         with open(temporary, "wb") as handle:
             handle.write(data)
             if self.durable:
@@ -55,8 +101,99 @@ class BlobStore:
         if self.durable:
             _fsync_folder(folder)
 
+    def has(self, session: Session | None, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def chunks(self, sha256: str) -> Iterator[bytes]:
+        try:
+            handle = open(self.path(sha256), "rb")  # closed by _read, when it is read through
+        except FileNotFoundError as exc:
+            raise MissingBlob(f"no stored file {sha256}") from exc
+        return _read(handle)
+
     def get(self, sha256: str) -> bytes:
-        return self.path(sha256).read_bytes()
+        return b"".join(self.chunks(sha256))
+
+    def stored(self) -> Iterator[tuple[str, Path]]:
+        """(hash, path) of every file in the folder, for moving them elsewhere."""
+        for path in sorted(self.root.glob("??/??/*")):
+            if path.is_file() and not path.name.startswith(".") and len(path.name) == 64:
+                yield path.name, path
+
+
+def _read(handle: BinaryIO) -> Iterator[bytes]:
+    with handle:
+        while piece := handle.read(CHUNK):
+            yield piece
+
+
+class DatabaseBlobs:
+    """Files as rows of the database itself, so every machine sharing it reads every file.
+
+    A file is one `blob` row and its bytes in `blobchunk` rows of CHUNK bytes, written
+    in the caller's transaction: they commit with the mail that names them, or not at all.
+    """
+
+    def __init__(self, engine: Engine, fallback: FolderBlobs | None = None) -> None:
+        self.engine = engine
+        self.fallback = fallback
+
+    def put(self, session: Session, sha256: str, data: bytes) -> None:
+        view = memoryview(data)
+        self.put_pieces(session, sha256, len(data),
+                        (bytes(view[i:i + CHUNK]) for i in range(0, len(data), CHUNK)))
+
+    def put_pieces(self, session: Session, sha256: str, size: int, pieces: Iterable[bytes]) -> bool:
+        """Store a file given in pieces of at most CHUNK bytes; False when it was there."""
+        # A concurrent writer of the same file makes this wait for its commit, then skip.
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        claimed = session.execute(
+            dialect.insert(Blob).values(sha256=sha256, size=size)
+            .on_conflict_do_nothing(index_elements=["sha256"]).returning(Blob.sha256)
+        ).first()
+        if claimed is None:
+            return False
+        written = 0
+        for seq, piece in enumerate(pieces):
+            session.execute(BlobChunk.__table__.insert(),  # type: ignore[attr-defined]
+                            {"sha256": sha256, "seq": seq, "data": piece})
+            written += len(piece)
+        if written != size:
+            raise StorageError(f"{sha256}: {written} bytes stored of {size}")
+        return True
+
+    def has(self, session: Session, sha256: str) -> bool:
+        found = session.exec(select(Blob.sha256).where(col(Blob.sha256) == sha256)).first()
+        if found is not None:
+            return True
+        return self.fallback is not None and self.fallback.has(session, sha256)
+
+    def chunks(self, sha256: str) -> Iterator[bytes]:
+        with self.engine.connect() as connection:
+            size = connection.execute(
+                select(Blob.size).where(col(Blob.sha256) == sha256)).scalar()
+        if size is None:
+            if self.fallback is not None:
+                return self.fallback.chunks(sha256)
+            raise MissingBlob(f"no stored file {sha256}")
+        return self._pieces(sha256)
+
+    def _pieces(self, sha256: str) -> Iterator[bytes]:
+        # One short read a piece: a slow reader (a download) holds no transaction open,
+        # and a stored file never changes.
+        query = select(BlobChunk.data).where(
+            col(BlobChunk.sha256) == sha256, col(BlobChunk.seq) == bindparam("seq"))
+        seq = 0
+        while True:
+            with self.engine.connect() as connection:
+                piece = connection.execute(query, {"seq": seq}).scalar()
+            if piece is None:
+                return
+            yield bytes(piece)
+            seq += 1
+
+    def get(self, sha256: str) -> bytes:
+        return b"".join(self.chunks(sha256))
 
 
 def _fsync_folder(folder: Path) -> None:

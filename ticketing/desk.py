@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
-from ticketing.blobs import BlobStore
+from ticketing.blobs import BlobStore, blob_store
 from ticketing.clock import Clock, SystemClock
 from ticketing.compose import Templates
 from ticketing.db import make_engine
@@ -34,11 +34,12 @@ class Desk:
         cls, settings: Settings, engine: Engine | None = None, clock: Clock | None = None
     ) -> Desk:
         settings = ensure_secret(settings)
+        engine = engine or make_engine(settings.database)
         return cls(
             settings=settings,
-            engine=engine or make_engine(settings.database),
+            engine=engine,
             clock=clock or SystemClock(),
-            blobs=BlobStore(settings.storage_path / "blobs"),
+            blobs=blob_store(settings, engine),
             templates=Templates(settings),
         )
 

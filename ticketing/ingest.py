@@ -16,7 +16,14 @@ from ticketing.inbound import Inbound, Outcome
 from ticketing.models import Message, Page, Quarantine
 from ticketing.parse import ParsedMail, parse_mail
 from ticketing.screening import Verdict, screen
-from ticketing.tickets import StoredFile, file_classified, file_reply, open_or_hold, store_files
+from ticketing.tickets import (
+    StoredFile,
+    file_classified,
+    file_reply,
+    keep_files,
+    open_or_hold,
+    stored_files,
+)
 
 if TYPE_CHECKING:
     from ticketing.desk import Desk
@@ -43,11 +50,8 @@ def ingest(desk: Desk, inbound: Inbound) -> Outcome:
         verdict = screen(mail, inbound, desk.settings)
     except Exception as exc:
         return quarantine(desk, inbound, exc)
-    try:
-        raw_sha256 = desk.blobs.put(inbound.raw)
-        files = store_files(desk, mail)
-    except OSError as exc:
-        raise StorageError(f"data folder: {exc}") from exc
+    raw_sha256 = hashlib.sha256(inbound.raw).hexdigest()
+    files = stored_files(mail)
     label = mail.message_id or raw_sha256[:16]
     for attempt in range(3):
         try:
@@ -78,6 +82,7 @@ def _record(
     existing = session.exec(select(Message).where(Message.dedupe_key == key)).first()
     if existing is not None:
         return Outcome("duplicate", existing.ticket_id, existing.id, "already stored")
+    keep_files(session, desk, inbound.raw, raw_sha256, mail)
     message = Message(
         dedupe_key=key,
         message_id=mail.message_id,
@@ -107,16 +112,14 @@ def quarantine(desk: Desk, inbound: Inbound, exc: BaseException) -> Outcome:
     """Keep a mail that ingest could not handle, whole, for `mailgate inbound replay`."""
     error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     log.error("quarantining a mail via %s: %s", inbound.route, error, exc_info=exc)
-    try:
-        raw_sha256 = desk.blobs.put(inbound.raw)
-    except OSError as storage:
-        raise StorageError(f"data folder: {storage}") from storage
+    raw_sha256 = hashlib.sha256(inbound.raw).hexdigest()
     envelope = {
         "sender": inbound.envelope_sender,
         "recipients": list(inbound.envelope_recipients),
         "authenticated": inbound.authenticated,
     }
     with transaction(desk.engine) as session:
+        desk.blobs.put(session, raw_sha256, inbound.raw)
         row = Quarantine(
             raw_sha256=raw_sha256,
             raw_size=len(inbound.raw),

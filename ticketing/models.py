@@ -101,6 +101,21 @@ class Attachment(SQLModel, table=True):
     content_id: str = Field(default="", max_length=1000)
 
 
+class Blob(SQLModel, table=True):
+    """A stored file (raw mail or attachment) by its SHA-256; its bytes are in BlobChunk rows."""
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    size: int
+
+
+class BlobChunk(SQLModel, table=True):
+    """One piece of a stored file, in order: a large file is read and written a piece at a time."""
+
+    sha256: str = Field(primary_key=True, foreign_key="blob.sha256", max_length=64)
+    seq: int = Field(primary_key=True)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
 class Outbox(SQLModel, table=True):
     """A mail to send, written in the transaction that caused it; a worker delivers it."""
 
@@ -112,7 +127,10 @@ class Outbox(SQLModel, table=True):
     message_id: str = Field(max_length=1000)
     mail_from: str = Field(max_length=320)
     recipients: str = Field(sa_column=Column(Text, nullable=False))
+    # The mail without its files; the worker attaches those named in `files` when it sends.
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # JSON: [{"sha256", "filename", "content_type"}], stored files sent along.
+    files: str = Field(default="[]", sa_column=Column(Text, nullable=False, default="[]"))
     status: str = Field(default="pending", max_length=16)  # pending | sent | failed
     attempts: int = 0
     next_attempt_at: datetime

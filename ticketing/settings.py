@@ -153,6 +153,7 @@ class Settings:
     database_url: str = ""
     # Relative to the working directory unless the config file names another place.
     storage_path: Path = field(default_factory=lambda: Path.cwd() / "data")
+    storage_blobs: str = ""  # "database" | "folder"; unset: as blob_store says
     # None: the templates shipped inside the package.
     templates_path: Path | None = None
     templates_override: Path | None = None
@@ -168,6 +169,14 @@ class Settings:
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.storage_path / 'mailgate.sqlite3'}"
+
+    @property
+    def blob_store(self) -> str:
+        """Where raw mail and attachments are kept: in the database when it is PostgreSQL
+        (every machine sharing it reads every file), else in storage.path/blobs."""
+        if self.storage_blobs:
+            return self.storage_blobs
+        return "folder" if self.database.startswith("sqlite") else "database"
 
     @property
     def outbound_directory(self) -> Path:
@@ -316,9 +325,13 @@ def settings_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> 
     if database:
         database = _plain_table("database", database, {"url"})
         values["database_url"] = database.get("url", "")
-    storage = _plain_table("storage", data.get("storage", {}), {"path"})
+    storage = _plain_table("storage", data.get("storage", {}), {"path", "blobs"})
     if "path" in storage:
         values["storage_path"] = _resolve(storage["path"], base)
+    if "blobs" in storage:
+        if storage["blobs"] not in ("database", "folder"):
+            raise ConfigError("storage.blobs: must be \"database\" or \"folder\"")
+        values["storage_blobs"] = storage["blobs"]
     templates = _plain_table("templates", data.get("templates", {}), {"path", "override"})
     if "path" in templates:
         values["templates_path"] = _resolve(templates["path"], base)

@@ -43,15 +43,21 @@ class StoredFile:
     content_id: str
 
 
-def store_files(desk: Desk, mail: ParsedMail) -> list[StoredFile]:
-    """Write each attachment to the data folder (before the transaction that names it)."""
-    stored = []
-    for item in mail.attachments:
-        digest = item.sha256
-        desk.blobs.put_as(digest, item.data)
-        stored.append(StoredFile(item.filename, item.content_type[:255], len(item.data), digest,
-                                 item.inline, item.content_id[:1000]))
-    return stored
+def stored_files(mail: ParsedMail) -> list[StoredFile]:
+    """What is recorded of each attachment; its bytes are kept by keep_files."""
+    return [StoredFile(item.filename, item.content_type[:255], len(item.data), item.sha256,
+                       item.inline, item.content_id[:1000]) for item in mail.attachments]
+
+
+def keep_files(session: Session, desk: Desk, raw: bytes, raw_sha256: str, mail: ParsedMail) -> None:
+    """The raw mail and its attachments into the blob store, in the mail's own transaction.
+
+    In order of their hashes: two mails sharing two files take them in the same order,
+    so neither waits on the other for ever.
+    """
+    blobs = {raw_sha256: raw} | {item.sha256: item.data for item in mail.attachments}
+    for sha256 in sorted(blobs):
+        desk.blobs.put(session, sha256, blobs[sha256])
 
 
 def _save(session: Session, message: Message, files: list[StoredFile], ticket: Ticket | None) -> None:
