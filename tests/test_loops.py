@@ -134,7 +134,8 @@ def test_permanent_bounce_of_our_mail_stops_mail_to_that_address(desks: Callable
         confirmation = relay.wait_for(1)[0]
         dsn = _bounce("gone@customer.test",
                       f"Message-ID: {confirmation.message['Message-ID']}\r\n")
-        send(port, dsn, "<>")
+        # Back to the confirmation's own return path, as the customer's server sends it.
+        send(port, dsn, "<>", [confirmation.mail_from])
         relay.settle()
         before = len(relay.received)
         send(port, request("Another one", "Again.", sender="gone@customer.test"))
@@ -236,6 +237,8 @@ def _abuse_report(ours: Received | None, rcpt_to: str, enclosed_to: str,
     "spam" on `ours` (or on a mail we never sent, when None)."""
     message_id = ours.message["Message-ID"] if ours else f"<mailgate.{uuid.uuid4().hex}@example.com>"
     original_rcpt = f"Original-Rcpt-To: {rcpt_to}\r\n" if rcpt_to else ""
+    # The reader's server wrote our envelope sender (its own return path) at delivery.
+    return_path = f"Return-Path: <{ours.mail_from}>\r\n" if ours else ""
     return (
         f"{headers}From: Feedback Loop <{sender}>\r\n"
         "To: support@example.com\r\n"
@@ -248,6 +251,7 @@ def _abuse_report(ours: Received | None, rcpt_to: str, enclosed_to: str,
         "Feedback-Type: abuse\r\nUser-Agent: ProviderFBL/1.0\r\nVersion: 1\r\n"
         f"{original_rcpt}\r\n"
         "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"{return_path}"
         "From: Example Support <support@example.com>\r\n"
         f"To: {enclosed_to}\r\n"
         f"Message-ID: {message_id}\r\n"
@@ -379,7 +383,7 @@ def test_a_bounce_is_matched_to_the_mail_it_returns_not_to_one_it_refers_to(
         dsn = _bounce("bob@customer.test",
                       f"References: {first.message['Message-ID']}\r\n"
                       f"{field}{second.message['Message-ID']}\r\n")
-        send(port, dsn, "<>")
+        send(port, dsn, "<>", [second.mail_from])
     with transaction(desk.engine) as session:
         bouncing = session.exec(select(Account.address).where(
             col(Account.bouncing_since).is_not(None))).all()

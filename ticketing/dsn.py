@@ -166,6 +166,7 @@ class Complaint:
 
     message_id: str  # the enclosed mail's own Message-ID, without <>
     named: tuple[str, ...]  # Original-Rcpt-To, else the enclosed To; often redacted
+    return_path: str = ""  # the enclosed mail's Return-Path: the envelope sender it had
 
 
 def _enclosed(report: Message) -> Message | None:
@@ -199,14 +200,15 @@ def read_complaint(raw: bytes) -> Complaint | None:
     named = [_address(line.split(":", 1)[1]) for line in _unfold(_part_text(feedback))
              if line.lower().startswith("original-rcpt-to:")]
     enclosed = _enclosed(report)
-    message_id = ""
+    message_id = return_path = ""
     if enclosed is not None:
         message_id = " ".join(str(enclosed.get("Message-ID", "")).split()).strip("<>")
+        return_path = "".join(str(enclosed.get("Return-Path", "")).split()).strip("<>")
         if not any(named):
             to = _ADDRESS.findall(str(enclosed.get("To", "")))
             named = [normalize(to[0])] if len(to) == 1 else []
     return Complaint(message_id, tuple(a for a in dict.fromkeys(named)
-                                       if a and "redacted" not in a))
+                                       if a and "redacted" not in a), return_path)
 
 
 def read_report(raw: bytes) -> Report:

@@ -17,6 +17,8 @@ from ticketing.models import Attachment, Message, Outbox, ThreadRef, Ticket
 from ticketing.participants import active_participants, agent_addresses
 from ticketing.quotes import REPLY_MARKER
 from ticketing.ratelimit import bouncing, may_auto_reply, record_auto_reply
+from ticketing.returnpath import bounce_address
+from ticketing.settings import Settings
 from ticketing.severity import Severity
 
 if TYPE_CHECKING:
@@ -28,19 +30,23 @@ _HISTORY = 5
 
 def enqueue(
     session: Session, ticket: Ticket | None, kind: str, mail: OutgoingMail, now: datetime,
-    mail_from: str,
+    settings: Settings,
 ) -> Outbox:
     row = Outbox(
         ticket_id=ticket.id if ticket else None,
         kind=kind,
         message_id=mail.message_id,
-        mail_from=mail_from,
+        mail_from=settings.support.address,
         recipients=json.dumps(list(mail.recipients)),
         raw=mail.raw,
         next_attempt_at=now,
         created_at=now,
     )
     session.add(row)
+    session.flush()
+    assert row.id is not None
+    # Its own return path: a bounce names this mail, and so its reader (RFC 5321 4.4).
+    row.mail_from = bounce_address(row.id, settings)
     if ticket is not None and ticket.id is not None:
         session.add(ThreadRef(message_id=mail.message_id, ticket_id=ticket.id))
         known = session.info.get("sent", {}).get(ticket.id)
@@ -65,7 +71,7 @@ def _ticket_mail(
         reply_to=reply_address(ticket.id, desk.settings), in_reply_to=in_reply_to,
         references=chain, auto_submitted=auto_submitted, **more,
     )
-    return enqueue(session, ticket, kind, mail, now, desk.settings.support.address)
+    return enqueue(session, ticket, kind, mail, now, desk.settings)
 
 
 def _common(desk: Desk, ticket: Ticket | None) -> dict[str, Any]:
@@ -365,4 +371,4 @@ def no_account(
         auto_submitted="auto-replied",
     )
     record_auto_reply(session, sender.address, None, "no_account", now)
-    return enqueue(session, None, "no_account", mail, now, desk.settings.support.address)
+    return enqueue(session, None, "no_account", mail, now, desk.settings)

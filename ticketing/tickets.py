@@ -17,13 +17,14 @@ from ticketing.authresults import aligned, sender_authenticated
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
 from ticketing.conversation import clean_subject, find_ticket, is_ours
 from ticketing.dsn import read_complaint
-from ticketing.identity import is_our_message_id, our_message_ids_in
+from ticketing.identity import our_message_ids_in
 from ticketing.inbound import Inbound, Outcome
 from ticketing.models import Account, Attachment, Message, Outbox, ThreadRef, Ticket
 from ticketing.parse import ParsedMail
 from ticketing.participants import add_participants, agent_addresses, opened, unfollow
 from ticketing.quotes import cut_reply
 from ticketing.ratelimit import mark_bouncing
+from ticketing.returnpath import one_reader, returned_to
 from ticketing.screening import Verdict
 from ticketing.severity import Severity, severity_in, strip_tags
 
@@ -99,23 +100,47 @@ def file_classified(
     sender = mail.sender.address if mail.sender else ""
     match = find_ticket(session, mail, inbound, desk.settings, sender)
     ticket = match.ticket if match else None
-    returned = _returned_mail(session, inbound.raw, desk.settings.support.domain)
+    # Where it came back to: one mail's own return path, or (to file it on its
+    # ticket only) the Message-ID of a mail of ours it quotes.
+    came_back = returned_to(session, _return_addresses(inbound, mail), desk.settings)
+    returned = came_back or _returned_mail(session, inbound.raw, desk.settings.support.domain)
     if ticket is None and returned is not None and returned.ticket_id is not None:
         ticket = session.get(Ticket, returned.ticket_id)
     message.kind = verdict.kind
     message.detail = f"{verdict.rule}: {verdict.reason}"[:2000]
     _save(session, message, files, ticket)
-    # Only a bounce of mail we really sent marks its recipients: a forged report
-    # naming someone else's address must not stop their mail.
-    if verdict.kind == "bounce" and verdict.permanent and returned is not None:
-        sent_to = set(json.loads(returned.recipients))
-        for address in verdict.failed_recipients:
-            if address.lower() in sent_to:
-                mark_bouncing(session, address.lower(), verdict.reason, desk.clock.now())
+    if verdict.kind == "bounce" and verdict.permanent:
+        _bounced(session, desk, came_back, verdict, mail.message_id)
     if verdict.rule == "feedback-report":
         _complaint(session, desk, inbound, mail, inbound.raw)
     number = ticket.id if ticket else None
     return Outcome("classified", number, message.id, f"{verdict.kind} ({verdict.rule})")
+
+
+def _return_addresses(inbound: Inbound, mail: ParsedMail) -> list[str]:
+    """Where a report says it was sent: the envelope, then Delivered-To, then To."""
+    return [*inbound.envelope_recipients, *mail.delivered_to, *(a.address for a in mail.to)]
+
+
+def _bounced(
+    session: Session, desk: Desk, row: Outbox | None, verdict: Verdict, label: str
+) -> None:
+    """A permanent failure stops mail to the one reader of the mail it came back for.
+
+    Only a bounce to that mail's own return path counts: the Message-ID and the
+    Final-Recipient of a report are anyone's to write, so a report sent to the support
+    address naming someone else (a reader on the same thread) must mark nobody.
+    """
+    if row is None:
+        log.info("<%s> bounce not sent to a return path of ours; marking nobody", label)
+        return
+    reader = one_reader(row)
+    if reader is None:
+        log.warning("<%s> bounce of <%s>, a mail to %s: cannot tell whose; marking nobody",
+                    label, row.message_id, ", ".join(json.loads(row.recipients)))
+        return
+    log.warning("<%s> bounce of <%s>: no more mail to %s", label, row.message_id, reader)
+    mark_bouncing(session, reader, verdict.reason, desk.clock.now())
 
 
 def _complaint(
@@ -123,11 +148,11 @@ def _complaint(
 ) -> None:
     """Someone marked a mail of ours as spam: no more mail to them until an operator
     clears it. Only for a report from a feedback loop we signed up for (its From
-    believed as agents.trust says), about a mail we really sent to that one reader:
+    believed as agents.trust says), about a mail we really sent to that one reader,
+    named by its return path (the report's address, or the enclosed Return-Path):
     a report naming one of several readers could come from another of them."""
     complaint = read_complaint(raw)
-    domain = desk.settings.support.domain
-    if complaint is None or not is_our_message_id(complaint.message_id, domain):
+    if complaint is None:
         return
     domain = mail.sender.address.rpartition("@")[2] if mail.sender else ""
     listed = any(aligned(loop.lower(), domain) for loop in desk.settings.support.feedback_loops)
@@ -136,13 +161,14 @@ def _complaint(
                  "feedback_loops), or not authenticated; stopping nobody",
                  complaint.message_id, mail.sender.address if mail.sender else "nobody")
         return
-    row = session.exec(
-        select(Outbox).where(Outbox.message_id == complaint.message_id.lower())).first()
-    if row is None:
-        log.info("abuse report on <%s>: not a mail of ours", complaint.message_id)
+    row = returned_to(session, [*_return_addresses(inbound, mail), complaint.return_path],
+                      desk.settings)
+    if row is None or (complaint.message_id and complaint.message_id.lower() != row.message_id):
+        log.info("abuse report on <%s>: not to the return path of a mail of ours; "
+                 "stopping nobody", complaint.message_id)
         return
     readers = json.loads(row.recipients)
-    reader = readers[0] if len(readers) == 1 else None
+    reader = one_reader(row)
     if reader is None or (complaint.named and reader not in complaint.named):
         log.warning("abuse report on <%s> (to %s): cannot tell who complained; "
                     "stopping nobody", row.message_id, ", ".join(readers))
