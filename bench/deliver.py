@@ -43,6 +43,7 @@ def main() -> None:
         config.write_text(
             f'[support]\naddress = "support@example.com"\nsecret = "bench"\n'
             f'[storage]\npath = "{Path(folder) / "data"}"\n[smtp]\nport = {free_port()}\n'
+            f'[web]\nenabled = false\n'
         )
         subprocess.run([*MAILGATE, "--config", str(config), "init"], check=True,
                        capture_output=True, cwd=ROOT)

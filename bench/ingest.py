@@ -145,7 +145,7 @@ def main() -> None:
                 f'[support]\naddress = "support@example.com"\nsecret = "bench"\n'
                 f'[storage]\npath = "{workdir / "data"}"\n'
                 + (f'[database]\nurl = "{args.database}"\n' if args.database else "") +
-                f'[smtp]\nport = {serve_port}\nmax_connections_per_client = 0\n'
+                f'[smtp]\nport = {serve_port}\nmax_connections_per_client = 0\n[web]\nenabled = false\n'
                 f'[outbound]\nrelay = "127.0.0.1:{relay_port}"\n'
                 f'[limits]\nper_recipient_per_hour = 0\nper_ticket_recipient_per_hour = 0\n'
             )

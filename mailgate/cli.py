@@ -268,6 +268,22 @@ def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     table: type[Agent] | type[Account] = Agent if args.command == "agents" else Account
     with transaction(desk.engine) as session:
+        if args.command == "accounts" and args.action in ("add", "disable"):
+            from ticketing.accounts import add_account, disable_account
+
+            if args.action == "disable":
+                done = disable_account(session, args.address, now)
+                print(f"mailgate: account {args.address} "
+                      f"{'disabled; its sessions ended' if done else 'does not exist'}")
+                return 0 if done else 1
+            try:
+                account = add_account(session, args.address, args.name or "", now)
+            except ValueError as exc:
+                print(f"mailgate: {exc}", file=sys.stderr)
+                return 2
+            print(f"mailgate: account {account.address} added; it signs in at "
+                  f"{settings.web.url}/sign-in with a link mailed to it")
+            return 0
         if args.action == "add":
             address = args.address.strip().lower()
             row = session.exec(select(table).where(table.address == address)).first()
@@ -283,7 +299,7 @@ def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "clear-bounce":
             return _clear_bounce(session, args)
         rows = session.exec(select(table).order_by(table.address)).all()
-        records = [r.model_dump(mode="json") for r in rows]
+        records = [r.model_dump(mode="json", exclude={"password_hash"}) for r in rows]
     keys = ("address", "name") if table is Agent else ("address", "name", "bouncing_since",
                                                         "bounce_detail")
     _print(records, args.json, lambda r: _rows(r, keys))
@@ -318,7 +334,8 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("-v", "--verbose", action="store_true")
     sub = root.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="create or upgrade the database").set_defaults(run=cmd_init)
-    sub.add_parser("serve", help="SMTP, IMAP, outbound and paging").set_defaults(run=cmd_serve)
+    sub.add_parser("serve", help="SMTP, the web Help Desk, IMAP, outbound, paging").set_defaults(
+        run=cmd_serve)
     deliver = sub.add_parser("deliver", help="one mail on stdin (MTA pipe)")
     deliver.add_argument("--recipient", help="envelope recipient")
     deliver.add_argument("--sender", help="envelope sender")
@@ -383,7 +400,9 @@ def parser() -> argparse.ArgumentParser:
             clear = people.add_parser("clear-bounce", help="mail this address (or --all) again")
             clear.add_argument("address", nargs="?", default="")
             clear.add_argument("--all", action="store_true", help="every bouncing address")
-            choices.append(clear)
+            disable = people.add_parser("disable", help="no more signing in; ends its sessions")
+            disable.add_argument("address")
+            choices += [clear, disable]
         for p in choices:
             p.set_defaults(run=cmd_people)
     return root

@@ -14,7 +14,6 @@ from ticketing.desk import Desk
 log = logging.getLogger(__name__)
 
 
-
 async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) -> None:
     """Send due mail as soon as a commit queues it, and check every second for retries."""
     transport = transport_for(desk)
@@ -62,9 +61,19 @@ async def serve(
     # one waits on the disk.
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest")
     settings = desk.settings
-    server = await loop.create_server(
-        smtp_factory(desk, executor), host=settings.smtp.host, port=settings.smtp.port
-    )
+    web_socket = None
+    if settings.web.enabled:
+        from mailgate.web.server import listen, run_web
+
+        web_socket = listen(settings.web.host, settings.web.port)
+    try:
+        server = await loop.create_server(
+            smtp_factory(desk, executor), host=settings.smtp.host, port=settings.smtp.port
+        )
+    except BaseException:
+        if web_socket is not None:
+            web_socket.close()
+        raise
     address = server.sockets[0].getsockname() if server.sockets else (settings.smtp.host, 0)
     log.info("SMTP listening on %s:%s for %s", address[0], address[1], settings.support.address)
     tasks = [
@@ -73,6 +82,10 @@ async def serve(
             run_paging(desk.engine, settings, desk.clock, stop, wake_pages), name="paging"
         ),
     ]
+    web_task = None
+    if web_socket is not None:
+        web_task = asyncio.create_task(run_web(desk, web_socket, executor, stop), name="web")
+        log.info("Help Desk on %s", settings.web.url)
     for box in settings.imap:
         fetcher = ImapFetcher(box, desk.engine, desk.ingest, desk.clock)
         tasks.append(asyncio.create_task(fetcher.run(stop), name=f"imap {box.key}"))
@@ -83,6 +96,8 @@ async def serve(
     log.info("stopping: no new connections; finishing mail in hand")
     server.close()
     await server.wait_closed()
+    if web_task is not None:
+        await web_task  # its requests in hand may still be ingesting
     executor.shutdown(wait=True)
     for task in tasks:
         try:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.harness import Relay
-from tests.servers import postgres_url, scratch_database
+from tests.servers import free_port, postgres_url, scratch_database
 from ticketing.clock import Clock, FixedClock
 from ticketing.db import make_engine, migrate
 from ticketing.desk import Desk
@@ -65,6 +65,8 @@ def make_settings(tmp_path: Path, database_url: str, **sections: dict[str, objec
         },
         "database": {"url": database_url},
         "storage": {"path": str(tmp_path / "data")},
+        # A port of its own for the Help Desk, so tests running at once never share one.
+        "web": {"port": free_port()},
     }
     for key, value in sections.items():
         merged = dict(data.get(key, {}))  # type: ignore[call-overload]
@@ -101,3 +103,6 @@ def relay() -> Iterator[Relay]:
     """A real SMTP relay on loopback that keeps every mail it is handed."""
     with Relay() as relay:
         yield relay
+
+
+from tests.browser import chromium, person  # noqa: E402, F401  (the browser fixtures)

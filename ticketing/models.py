@@ -20,6 +20,45 @@ class Account(SQLModel, table=True):
     bouncing_since: datetime | None = None
     bounce_detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     created_at: datetime
+    # An argon2id hash; "" until the account sets a password (it signs in by mailed link).
+    password_hash: str = Field(default="", max_length=200)
+    disabled_at: datetime | None = None
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in browser: the SHA-256 of its cookie's random id, never the id itself."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    account_id: int = Field(foreign_key="account.id", index=True)
+    created_at: datetime
+    last_seen_at: datetime
+
+
+class SignInToken(SQLModel, table=True):
+    """A mailed one-time link (and its code) that signs in or resets a password, stored hashed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    code_hash: str = Field(max_length=64)
+    account_id: int = Field(foreign_key="account.id", index=True)
+    purpose: str = Field(max_length=16)  # sign_in | reset
+    next_path: str = Field(default="", max_length=500)
+    failures: int = 0  # wrong codes typed for it
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+class WebAttempt(SQLModel, table=True):
+    """One counted web action (a sign-in mail asked for, a wrong password), for rate limits."""
+
+    __table_args__ = (Index("ix_webattempt_kind_key_at", "kind", "key", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    key: str = Field(max_length=320)
+    at: datetime
 
 
 class Agent(SQLModel, table=True):

@@ -82,6 +82,9 @@ def _common(desk: Desk, ticket: Ticket | None) -> dict[str, Any]:
         "status_page": support.status_page,
         "tag": subject_tag(ticket.id) if ticket and ticket.id else "",
         "subject": ticket.subject if ticket else "",
+        # The ticket's page on the Help Desk; following it signed out asks to sign in first.
+        "ticket_url": f"{desk.settings.web.url}/requests/{ticket.id}"
+        if ticket and ticket.id and desk.settings.web.enabled else "",
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -148,6 +149,28 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_url: str = ""  # the address customers reach us at; default http://<host>:<port>
+    idle_timeout: int = 86_400  # seconds a session lasts without being used
+    max_files: int = 10  # attachments in one form
+    # Sign-in and reset mails, per address and per client address, in any hour.
+    mails_per_address_per_hour: int = 5
+    mails_per_client_per_hour: int = 20
+
+    @property
+    def url(self) -> str:
+        """The Help Desk's own address, without a trailing slash."""
+        return (self.base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def secure(self) -> bool:
+        return self.url.startswith("https://")
+
+
+@dataclass(frozen=True)
 class Settings:
     support: SupportSettings = field(default_factory=SupportSettings)
     database_url: str = ""
@@ -165,6 +188,7 @@ class Settings:
     oncall: OncallSettings = field(default_factory=OncallSettings)
     imap: tuple[ImapMailbox, ...] = ()
     limits: LimitSettings = field(default_factory=LimitSettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
     @property
     def database(self) -> str:
@@ -196,6 +220,7 @@ _SECTIONS: dict[str, type] = {
     "tickets": TicketSettings,
     "hours": HoursSettings,
     "limits": LimitSettings,
+    "web": WebSettings,
 }
 
 # Environment variables that override secrets and the usual deployment knobs.
@@ -315,6 +340,11 @@ def settings_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> 
         raise ConfigError("agents.trusted_authserv_id: required when agents.trust is set")
     hours: HoursSettings = values.get("hours", HoursSettings())
     _check_hours(hours)
+    web: WebSettings = values.get("web", WebSettings())
+    if web.base_url and not re.fullmatch(r"https?://[^/\s?#@]+/?", web.base_url):
+        raise ConfigError(f"web.base_url: expected http(s)://host[:port], got {web.base_url!r}")
+    if web.port > 65535:
+        raise ConfigError(f"web.port: not a port: {web.port}")
     outbound: OutboundSettings = values.get("outbound", OutboundSettings())
     if outbound.relay:
         host, _, port = outbound.relay.rpartition(":")

@@ -1,0 +1,68 @@
+"""The Help Desk's routes, top to bottom, and the app that serves them."""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from mailgate.web import auth, helpdesk
+from mailgate.web.pages import Web, render
+from mailgate.web.security import Guard
+from ticketing.desk import Desk
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+ROUTES = [
+    Route("/", helpdesk.home),
+    # Signing in and out
+    Route("/sign-in", auth.sign_in_page),
+    Route("/sign-in", auth.sign_in, methods=["POST"]),
+    Route("/sign-in/link", auth.ask_for_link, methods=["POST"]),
+    Route("/sign-in/code", auth.sign_in_with_code, methods=["POST"]),
+    Route("/sign-in/link/{token}", auth.link_page),
+    Route("/sign-in/link/{token}", auth.sign_in_with_link, methods=["POST"]),
+    Route("/sign-out", auth.sign_out, methods=["POST"]),
+    Route("/password/forgot", auth.forgot_page),
+    Route("/password/forgot", auth.forgot, methods=["POST"]),
+    Route("/password/reset/{token}", auth.reset_page),
+    Route("/password/reset/{token}", auth.reset, methods=["POST"]),
+    Route("/account", auth.account_page),
+    Route("/account/password", auth.change_password, methods=["POST"]),
+    # The customers' Help Desk
+    Route("/requests", helpdesk.my_requests),
+    Route("/requests/new", helpdesk.new_request_page),
+    Route("/requests/new", helpdesk.submit_request, methods=["POST"]),
+    Route("/requests/{number:int}", helpdesk.ticket_page),
+    Route("/requests/{number:int}/reply", helpdesk.reply, methods=["POST"]),
+    Route("/requests/{number:int}/files/{file_id:int}/{name}", helpdesk.download),
+    Mount("/static", StaticFiles(directory=STATIC), name="static"),
+]
+
+_TITLES = {400: "That did not work", 404: "Not found", 405: "Not allowed", 413: "Too large"}
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    text = {404: "There is nothing here, or it is not yours to see.",
+            413: "The request is over the size limit, so nothing was stored."}.get(
+        status, exc.detail if isinstance(exc, HTTPException) else "Something went wrong.")
+    return render(request, "message.html", status, title=_TITLES.get(status, "Error"), text=text)
+
+
+def create_app(desk: Desk, ingest_executor: Executor | None = None) -> Starlette:
+    """The app for one desk; `ingest_executor` is the pool the mail edges ingest in."""
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(Guard, max_body=desk.settings.smtp.max_message_size)],
+        exception_handlers={HTTPException: _error},
+    )
+    app.state.web = Web.create(desk, ingest_executor)
+    return app

@@ -1,0 +1,59 @@
+"""uvicorn inside `mailgate serve`: the same process and event loop, stopped by serve's own stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from concurrent.futures import Executor
+
+import uvicorn
+
+from mailgate.web.app import create_app
+from ticketing.desk import Desk
+
+log = logging.getLogger(__name__)
+
+
+class WebServer(uvicorn.Server):
+    """serve owns SIGTERM and SIGINT: uvicorn must not take them over while it runs."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind before anything starts, so a port in use is the operator's error at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def run_web(desk: Desk, sock: socket.socket, ingest_executor: Executor,
+                  stop: asyncio.Event) -> None:
+    """Serve the Help Desk until `stop` is set; requests in hand are finished first."""
+    config = uvicorn.Config(
+        create_app(desk, ingest_executor), log_config=None, lifespan="off",
+        # Tokens travel in paths: no access log. Forwarded headers are not believed,
+        # so the per-client limits count the real peer.
+        access_log=False, proxy_headers=False, server_header=False, date_header=True,
+        timeout_graceful_shutdown=10,
+    )
+    server = WebServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="web")
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopping.cancel()
+    await task
