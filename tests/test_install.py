@@ -9,6 +9,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
 from collections.abc import Iterator
 from email import message_from_bytes
 from email.message import Message
@@ -76,7 +77,9 @@ def test_the_installed_wheel_runs_the_whole_story_from_another_folder(
     assert where.stdout.startswith(str(installed.parent.parent)), where.stdout
     port = free_port()
     config = elsewhere.parent / "mailgate.toml"  # the config lives elsewhere again
-    config.write_text(f'[support]\naddress = "support@example.com"\n[smtp]\nport = {port}\n')
+    web = free_port()
+    config.write_text(f'[support]\naddress = "support@example.com"\n[smtp]\nport = {port}\n'
+                      f'[web]\nport = {web}\n')
     init = subprocess.run([str(installed), "--config", str(config), "init"], cwd=elsewhere,
                           env=_env(), capture_output=True, text=True, timeout=120)
     assert init.returncode == 0, init.stderr
@@ -95,6 +98,11 @@ def test_the_installed_wheel_runs_the_whole_story_from_another_folder(
                 code, answer = client.data(
                     request("Printer offline", "Since noon, third floor.").as_bytes())
             confirmation = _first_mail(outbound, serve)
+            # The Help Desk's pages and style ship in the wheel too.
+            with urllib.request.urlopen(f"http://127.0.0.1:{web}/sign-in", timeout=30) as page:
+                assert b"Forgot password" in page.read()
+            with urllib.request.urlopen(f"http://127.0.0.1:{web}/static/web.css", timeout=30) as css:
+                assert css.headers["Content-Type"].startswith("text/css")
         finally:
             serve.terminate()
             serve.wait(20)
