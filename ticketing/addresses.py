@@ -5,7 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+$")
+# A local part is plain, or quoted ("#FAX#*49000783135#"@otobo.fax, RFC 5322 3.4.1).
+_ADDRESS = re.compile(
+    r"^(?:[^@\s<>()\[\],;:\"\\]+|\"[^\"\\\s]+\")@[^@\s<>()\[\],;:\"\\]+$"
+)
+
+# A local part that needs no quotes (RFC 5322 dot-atom): "#FAX#1"@d is #FAX#1@d.
+_DOT_ATOM = re.compile(r"^[\w!#$%&'*+/=?^`{|}~-]+(?:\.[\w!#$%&'*+/=?^`{|}~-]+)*$")
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,9 @@ def normalize(address: str) -> str:
     address = address.strip().strip("<>").strip().lower()
     if len(address) > 320 or not _ADDRESS.match(address):
         return ""
+    local, _, domain = address.rpartition("@")
+    if local.startswith('"') and _DOT_ATOM.match(local[1:-1]):
+        return f"{local[1:-1]}@{domain}"
     return address
 
 

@@ -159,10 +159,16 @@ _Q_WORD = re.compile(r"=\?[^?\s]+\?[qQ]\?[^?\s]*\?=")
 _SPECIALS = re.compile(r'[()<>@,;:\\".\[\]]')
 
 
+def _unfold(value: str) -> str:
+    """A header's value on one line (RFC 5322 2.2.3): a line break before white space is
+    removed, whatever the line ends (CRLF from SMTP and IMAP, LF from files)."""
+    return re.sub(r"[\r\n]+", " ", re.sub(r"\r?\n(?=[ \t])", "", value))
+
+
 def _addresses(values: list[str]) -> tuple[Address, ...]:
     found: dict[str, Address] = {}
     # Split first, decode after: a decoded name may hold a comma or a colon.
-    safe = [_Q_WORD.sub(lambda w: _SPECIALS.sub(lambda c: f"={ord(c[0]):02X}", w[0]), v)
+    safe = [_Q_WORD.sub(lambda w: _SPECIALS.sub(lambda c: f"={ord(c[0]):02X}", w[0]), _unfold(v))
             for v in values]
     for name, addr in getaddresses(safe):
         address = normalize(text_of(addr))
