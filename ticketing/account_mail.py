@@ -75,4 +75,4 @@ def _send(session: Session, desk: Desk, account: Account, purpose: str, now: dat
         subject=_SUBJECTS[purpose].format(name=support.name), text=text, html=html, now=now,
         auto_submitted="auto-generated",  # RFC 3834: written by the system, answer nothing
     )
-    enqueue(session, None, purpose, mail, now, support.address)
+    enqueue(session, None, purpose, mail, now, desk.settings)
