@@ -59,7 +59,7 @@ def _ticket_mail(
     session: Session, desk: Desk, ticket: Ticket, kind: str, now: datetime, *,
     to: Sequence[Address], subject: str, text: str, html: str,
     thread: tuple[str | None, Sequence[str]] | None = None,
-    auto_submitted: str = "auto-generated", **more: Any,
+    auto_submitted: str | None = "auto-generated", **more: Any,
 ) -> Outbox:
     """One mail about a ticket: its signed Reply-To, threaded under the mails its first
     reader already has from this ticket (or as `thread` says), queued in the outbox."""
@@ -300,12 +300,13 @@ def fan_out(
             "history": _history(session, ticket, message, notes=is_agent),
         }
         text, html = desk.templates.render("reply", **context)
-        # Marked auto-generated (the default) so out-of-office responders stay quiet.
+        # A person's words: no Auto-Submitted (RFC 3834 section 5), or the reader's
+        # helpdesk and mail rules treat an answer as machine mail.
         rows.append(_ticket_mail(
             session, desk, ticket, "note" if note else "reply", now, to=[Address(address, name)],
             subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}", text=text, html=html,
             from_name=f"{display} via {desk.settings.support.name}",
-            attachments=files,
+            attachments=files, auto_submitted=None,
         ))
     return rows
 
