@@ -25,6 +25,8 @@ class Outcome:
     ticket: int | None = None
     message: int | None = None
     detail: str = ""
+    # Page rows queued in the same transaction: the paging worker is woken for them.
+    pages: int = 0
 
     @property
     def stored(self) -> bool:

@@ -6,14 +6,16 @@ import hashlib
 import json
 import logging
 import traceback
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from ticketing import oncall
 from ticketing.db import StorageError, transaction
 from ticketing.inbound import Inbound, Outcome
-from ticketing.models import Message, Page, Quarantine
+from ticketing.models import Message, Quarantine
 from ticketing.parse import ParsedMail, parse_mail
 from ticketing.screening import Verdict, screen
 from ticketing.tickets import (
@@ -57,8 +59,7 @@ def ingest(desk: Desk, inbound: Inbound) -> Outcome:
         try:
             with transaction(desk.engine) as session:
                 outcome = _record(session, desk, inbound, mail, key, raw_sha256, files, verdict)
-                session.flush()
-                paged = any(isinstance(row, Page) for row in session.identity_map.values())
+                outcome = replace(outcome, pages=oncall.queued(session))
             break
         except IntegrityError:
             # A concurrent copy of the same mail (or a ticket row raced) won: look again.
@@ -71,7 +72,7 @@ def ingest(desk: Desk, inbound: Inbound) -> Outcome:
     log.info("<%s> %s via %s: %s%s", label, outcome.status, inbound.route,
              f"#{outcome.ticket} " if outcome.ticket else "", outcome.detail)
     if outcome.status != "duplicate":
-        desk.committed(paged)
+        desk.committed(outcome.pages > 0)
     return outcome
 
 
@@ -178,5 +179,6 @@ def release(desk: Desk, message_pk: int) -> Outcome:
         session.add(account)
         # Its attachments were recorded when it was held: no files to add again.
         outcome = open_ticket(session, desk, mail, message, [], sender)
-    desk.committed(pages=True)
+        outcome = replace(outcome, pages=oncall.queued(session))
+    desk.committed(outcome.pages > 0)
     return outcome

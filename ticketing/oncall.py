@@ -215,6 +215,16 @@ def _ticket_id(session: Session, ticket: Ticket) -> int:
     return ticket.id
 
 
+def queued(session: Session) -> int:
+    """How many page rows this transaction has queued (escalations and resolves)."""
+    return int(session.info.get("pages_queued", 0))
+
+
+def _queue(session: Session, pages: list[Page]) -> None:
+    session.add_all(pages)
+    session.info["pages_queued"] = queued(session) + len(pages)
+
+
 def escalate(
     session: Session, ticket: Ticket, settings: Settings, now: datetime, reason: str
 ) -> list[Page]:
@@ -239,7 +249,7 @@ def escalate(
         else:
             body = hook_trigger(ticket, settings, key, now, reason)
         pages.append(_page(ticket_id, hook, "trigger", key, body, settings, now))
-    session.add_all(pages)
+    _queue(session, pages)
     return pages
 
 
@@ -327,5 +337,5 @@ def resolve(session: Session, ticket: Ticket, settings: Settings, now: datetime)
             page.status = "skipped"
             page.last_error = f"no resolve is sent to the {hook} hook"
             pages.append(page)
-    session.add_all(pages)
+    _queue(session, pages)
     return pages
