@@ -20,8 +20,10 @@ from sqlmodel import Session, col, select
 from mailgate.backoff import backoff
 from mailgate.hooks import HTTP_TIMEOUT, Hook, Outcome, hooks_for
 from ticketing.clock import Clock
+from ticketing.compose import Templates
 from ticketing.db import StorageError, transaction
 from ticketing.models import Page, PageAttempt
+from ticketing.notifications import not_paged
 from ticketing.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ def _claim_next(
 
 def _record(
     engine: Engine, claimed: _Claimed, worker: str, outcome: Outcome, now: datetime,
-    rng: random.Random, retry_base: float = BACKOFF_BASE,
+    rng: random.Random, settings: Settings,
 ) -> None:
     with transaction(engine) as session:
         page = session.get_one(Page, claimed.id, with_for_update=True)
@@ -153,8 +155,10 @@ def _record(
             log.error("[#%d] %s: page %d to the %s hook gave up after %d attempts, %s: %s",
                       page.ticket_id, what, page.id, page.hook, page.attempts, why,
                       outcome.detail)
+            if page.action == "trigger":
+                not_paged(session, settings, Templates(settings), page, now)
             return
-        delay = page_backoff(page.attempts, rng, retry_base)
+        delay = page_backoff(page.attempts, rng, settings.oncall.retry_base)
         asked = retry_after_seconds(outcome.retry_after, now)
         if asked is not None:
             delay = max(1.0, asked)
@@ -199,7 +203,7 @@ def deliver_due_pages(
                 log.exception("[#%d] page %d: the %s hook failed", claimed.ticket_id,
                               claimed.id, claimed.hook)
                 outcome = Outcome(False, f"{type(exc).__name__}: {exc}", retry=True)
-        _record(engine, claimed, worker, outcome, clock.now(), rng, settings.oncall.retry_base)
+        _record(engine, claimed, worker, outcome, clock.now(), rng, settings)
         tried += 1
     return tried
 

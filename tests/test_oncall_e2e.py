@@ -119,7 +119,7 @@ def test_s0_at_night_pages_once_and_says_so(desks: Callable[..., Desk], relay: R
     body, headers = pager.bodies[0]
     expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert headers["X-Mailgate-Signature"] == f"sha256={expected}"
-    assert "on-call engineer has been paged" in confirmation.text()
+    assert "on-call engineer is being paged" in confirmation.text()
     assert notice.message["Importance"] == "high"
     assert notice.message["X-Priority"] == "1"
     assert "paged" in notice.text()

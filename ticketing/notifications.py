@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import Session, col, select
 
 from ticketing.addresses import Address, is_machine_address
-from ticketing.compose import FileToSend, OutgoingMail, compose
+from ticketing.compose import FileToSend, OutgoingMail, Templates, compose
 from ticketing.conversation import is_ours, reply_address, subject_tag
-from ticketing.models import Attachment, Message, Outbox, ThreadRef, Ticket
+from ticketing.models import Attachment, Message, Outbox, Page, ThreadRef, Ticket
 from ticketing.participants import active_participants, agent_addresses
 from ticketing.quotes import REPLY_MARKER
 from ticketing.ratelimit import bouncing, may_auto_reply, record_auto_reply
@@ -337,6 +337,53 @@ def status_notice(
         to=[Address(ticket.requester, ticket.requester_name)], cc=copied,
         subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}", text=text, html=html,
     )
+
+
+def not_paged(
+    session: Session, settings: Settings, templates: Templates, page: Page, now: datetime
+) -> list[Outbox]:
+    """The urgent mail to the agents (or the team list) when a page was given up or
+    refused for good: nobody else will wake the on-call engineer."""
+    ticket = session.get(Ticket, page.ticket_id)
+    if ticket is None or ticket.id is None:
+        return []
+    team = settings.agents.team_address
+    agents = [team.lower()] if team else sorted(agent_addresses(session, settings))
+    agents = [a for a in agents if not is_ours(a, settings)
+              and a not in bouncing(session, agents)]
+    severity = Severity(ticket.severity)
+    context = {
+        "marker": "",
+        "support_name": settings.support.name,
+        "status_page": settings.support.status_page,
+        "tag": subject_tag(ticket.id),
+        "subject": ticket.subject,
+        "number": ticket.id,
+        "severity": severity.label,
+        "severity_word": severity.word,
+        "requester": ticket.requester,
+        "requester_name": ticket.requester_name,
+        "hook": page.hook,
+        "page_id": page.id,
+        "attempts": page.attempts,
+        "error": page.last_error,
+        "queued_at": page.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    text, html = templates.render("not_paged", **context)
+    rows = []
+    for agent in agents:
+        in_reply_to, chain = thread_of(session, ticket, [agent])
+        mail = compose(
+            settings, to=[Address(agent)], text=text, html=html, now=now,
+            subject=f"{subject_tag(ticket.id)} URGENT: on-call was NOT paged for #{ticket.id}",
+            reply_to=reply_address(ticket.id, settings), in_reply_to=in_reply_to,
+            references=chain, auto_submitted="auto-generated",
+            extra_headers=[("Importance", "high"), ("X-Priority", "1")],
+        )
+        rows.append(enqueue(session, ticket, "not_paged", mail, now, settings))
+    log.warning("[#%s] told %s that on-call was not paged", ticket.id,
+                ", ".join(agents) or "nobody (no agents configured)")
+    return rows
 
 
 def command_error(

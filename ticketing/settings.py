@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
@@ -422,6 +423,13 @@ def _oncall(table: Any) -> OncallSettings:
         hooks["pagerduty"] = _build(
             PagerDutyHook, "oncall.pagerduty", table["pagerduty"], ("routing_key",)
         )
+    for name in ("webhook", "pagerduty"):
+        url = hooks[name].url if name in hooks else "http://localhost"
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            # A page sent there would fail for good at the worst moment: say so at start.
+            raise ConfigError(f"oncall.{name}.url: expected an http:// or https:// URL, "
+                              f"got {url!r}")
     if "command" in table:
         hooks["command"] = _build(CommandHook, "oncall.command", table["command"], ("argv",))
         if not hooks["command"].argv:
