@@ -23,7 +23,7 @@ from ticketing.clock import Clock
 from ticketing.compose import Templates
 from ticketing.db import StorageError, transaction
 from ticketing.models import Page, PageAttempt
-from ticketing.notifications import not_paged
+from ticketing.notifications import page_not_delivered
 from ticketing.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def _record(
                       page.ticket_id, what, page.id, page.hook, page.attempts, why,
                       outcome.detail)
             if page.action == "trigger":
-                not_paged(session, settings, Templates(settings), page, now)
+                page_not_delivered(session, settings, Templates(settings), page, now)
             return
         delay = page_backoff(page.attempts, rng, settings.oncall.retry_base)
         asked = retry_after_seconds(outcome.retry_after, now)

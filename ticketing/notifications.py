@@ -339,7 +339,7 @@ def status_notice(
     )
 
 
-def not_paged(
+def page_not_delivered(
     session: Session, settings: Settings, templates: Templates, page: Page, now: datetime
 ) -> list[Outbox]:
     """The urgent mail to the agents (or the team list) when a page was given up or
