@@ -8,6 +8,7 @@ import os
 import re
 import smtplib
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,8 @@ from sqlalchemy import bindparam, or_, update
 from sqlmodel import Session, col, select
 
 from mailgate.backoff import backoff
+from ticketing import mime
+from ticketing.blobs import BlobStore
 from ticketing.clock import Clock
 from ticketing.db import transaction
 from ticketing.desk import Desk
@@ -58,11 +61,27 @@ class Transport(Protocol):
         """Let go of any connection kept between sends."""
 
 
+def message(row: Outbox, blobs: BlobStore | None) -> Iterator[bytes]:
+    """The mail as it goes out, in pieces: its stored text with the files it names
+    attached, each read from the blob store as it is sent."""
+    files = json.loads(row.files or "[]")
+    if files and blobs is None:
+        raise TemporaryFailure("no blob store to read the attached files from")
+    yield from mime.with_files(row.raw, [
+        (f["filename"], f["content_type"], _chunks(blobs, f["sha256"])) for f in files])
+
+
+def _chunks(blobs: BlobStore | None, sha256: str) -> Iterator[bytes]:
+    assert blobs is not None
+    yield from blobs.chunks(sha256)
+
+
 class FolderTransport:
     """One .eml file per mail: the default when no relay is set; rewriting is harmless."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, blobs: BlobStore | None = None) -> None:
         self.directory = directory
+        self.blobs = blobs
 
     def send(self, row: Outbox) -> Sent:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -73,7 +92,9 @@ class FolderTransport:
             f"X-Mailgate-Envelope-To: {', '.join(json.loads(row.recipients))}\r\n"
         ).encode()
         with open(temporary, "wb") as handle:
-            handle.write(envelope + row.raw)
+            handle.write(envelope)
+            for piece in message(row, self.blobs):
+                handle.write(piece)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.directory / name)
@@ -86,11 +107,13 @@ class FolderTransport:
 class RelayTransport:
     """SMTP to the configured relay, with STARTTLS or TLS and a login when set."""
 
-    def __init__(self, settings: OutboundSettings, timeout: float = 60.0) -> None:
+    def __init__(self, settings: OutboundSettings, timeout: float = 60.0,
+                 blobs: BlobStore | None = None) -> None:
         host, _, port = settings.relay.rpartition(":")
         self.host, self.port = host, int(port)
         self.settings = settings
         self.timeout = timeout
+        self.blobs = blobs
         self._client: smtplib.SMTP | None = None
 
     def close(self) -> None:
@@ -130,13 +153,17 @@ class RelayTransport:
         recipients = json.loads(row.recipients)
         options: list[str] = []
         try:
+            raw = b"".join(message(row, self.blobs))
+        except OSError as exc:  # a file it names cannot be read here now
+            raise TemporaryFailure(f"attached file: {exc}") from exc
+        try:
             client = self._session()
             if not all(a.isascii() for a in (row.mail_from, *recipients)):
                 # RFC 6531: an internationalised address needs a relay that takes SMTPUTF8.
                 if not client.has_extn("smtputf8"):
                     raise PermanentFailure("the relay does not offer SMTPUTF8 for a non-ASCII address")
                 options.append("SMTPUTF8")
-            refused = client.sendmail(row.mail_from, recipients, row.raw, mail_options=options)
+            refused = client.sendmail(row.mail_from, recipients, raw, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             answers = {r: (code, _text(message)) for r, (code, message) in exc.recipients.items()}
             code, text = next(iter(answers.values()))
@@ -206,8 +233,8 @@ def _about_recipient(code: int, text: str) -> bool:
 
 def transport_for(desk: Desk) -> Transport:
     if desk.settings.outbound.relay:
-        return RelayTransport(desk.settings.outbound)
-    return FolderTransport(desk.settings.outbound_directory)
+        return RelayTransport(desk.settings.outbound, blobs=desk.blobs)
+    return FolderTransport(desk.settings.outbound_directory, desk.blobs)
 
 
 def mail_backoff(attempts: int, base: float = _BASE_DELAY) -> timedelta:

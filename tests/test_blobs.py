@@ -10,14 +10,19 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
+from mailgate.outbound import deliver_due, transport_for
 from tests.conftest import make_settings
-from tests.harness import request
+from tests.harness import Relay, request
 from ticketing.blobs import CHUNK, DatabaseBlobs, FolderBlobs, MissingBlob, digest
+from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound
-from ticketing.models import Attachment, Blob, BlobChunk
+from ticketing.models import Attachment, Blob, BlobChunk, Outbox
 from ticketing.settings import ConfigError
+
+ALICE = "alice@example.com"
+SUPPORT = "support@example.com"
 
 
 def _count(desk: Desk, table: type[Blob] | type[BlobChunk]) -> int:
@@ -94,3 +99,36 @@ def test_the_database_keeps_the_files_by_default_on_postgresql_only(
     assert make_settings(tmp_path, database_url, storage={"blobs": "folder"}).blob_store == "folder"
     with pytest.raises(ConfigError, match=r"storage\.blobs"):
         make_settings(tmp_path, database_url, storage={"blobs": "s3"})
+
+
+def test_an_answer_with_a_file_to_twenty_readers_keeps_one_copy_of_it(
+    desks: Callable[..., Desk], relay: Relay, clock: FixedClock
+) -> None:
+    desk = desks(clock=clock, storage={"blobs": "database"}, agents={"addresses": [ALICE]},
+                 outbound={"relay": relay.address})
+    readers = [f"reader{n}@customer.test" for n in range(1, 20)]
+    raw = request("[S2] Exports are slow", "Ten minutes each.", cc=", ".join(readers)).as_bytes()
+    assert desk.ingest(Inbound(raw, "smtp", "carol@customer.test", (SUPPORT,))).status == "new_ticket"
+    with transaction(desk.engine) as session:
+        notice = session.exec(select(Outbox).where(Outbox.kind == "new_ticket")).one()
+    payload = hashlib.sha256(b"report").digest() * (2 * CHUNK // 32 + 5)  # 2 MiB and a bit
+    answer = request("Re: [#1] Exports are slow", "The report is attached.", sender=ALICE,
+                     In_Reply_To=f"<{notice.message_id}>")
+    answer.add_attachment(payload, maintype="application", subtype="pdf", filename="report.pdf")
+    answer_raw = answer.as_bytes()
+    assert desk.ingest(Inbound(answer_raw, "smtp", ALICE, (SUPPORT,))).status == "reply"
+    with transaction(desk.engine) as session:
+        replies = session.exec(select(Outbox).where(Outbox.kind == "reply")).all()
+        stored = int(session.exec(select(func.sum(Blob.size))).one())
+    assert len(replies) == 20
+    # Each reader's row holds its own text and names the file; the file is stored once.
+    assert max(len(row.raw) for row in replies) < 100_000
+    assert stored == len(raw) + len(answer_raw) + len(payload)
+    while deliver_due(desk, transport_for(desk), "worker", 50):
+        pass
+    got = relay.wait_for(20, where=lambda r: "report" in r.text())
+    assert sorted(r.rcpt_tos[0] for r in got) == sorted(["carol@customer.test", *readers])
+    for mail in got:
+        (file,) = mail.message.iter_attachments()
+        assert file.get_filename() == "report.pdf"
+        assert file.get_content() == payload

@@ -9,7 +9,9 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from tests.conftest import make_settings
+from ticketing import mime
 from ticketing.addresses import Address
+from ticketing.blobs import FolderBlobs, digest
 from ticketing.compose import FileToSend, compose
 
 
@@ -38,6 +40,9 @@ def test_hostile_subject_and_names_cannot_inject_headers(tmp_path: Path) -> None
 def test_non_ascii_everywhere_round_trips(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, "sqlite://")
     data = bytes(range(256)) * 10
+    blobs = FolderBlobs(tmp_path / "blobs", durable=False)
+    for content in (data, b"hello\n"):
+        blobs.put(None, digest(content), content)
     long_subject = "Überweisung fehlgeschlagen: " + "sehr lange Betreffzeile " * 12
     mail = compose(
         settings,
@@ -47,10 +52,12 @@ def test_non_ascii_everywhere_round_trips(tmp_path: Path) -> None:
         text="Grüße aus Köln\nZeile zwei\n", html="<p>Grüße</p>",
         now=datetime(2026, 3, 3, tzinfo=UTC),
         references=[f"id{i}@x.test" for i in range(40)],
-        attachments=[FileToSend("Größe \"quoted\" 報告.pdf", "application/pdf", data),
-                     FileToSend("plain.txt", "text/plain", b"hello\n")],
+        attachments=[FileToSend("Größe \"quoted\" 報告.pdf", "application/pdf", digest(data)),
+                     FileToSend("plain.txt", "text/plain", digest(b"hello\n"))],
     )
-    message = _parse(mail.raw)
+    raw = b"".join(mime.with_files(mail.raw, [
+        (f.filename, f.content_type, blobs.chunks(f.sha256)) for f in mail.files]))
+    message = _parse(raw)
     assert message["Subject"] == " ".join(long_subject.split())
     assert message["To"].addresses[0].display_name == "José Müller, Jr."
     assert message["Cc"].addresses[0].display_name == "李雷"
@@ -62,4 +69,4 @@ def test_non_ascii_everywhere_round_trips(tmp_path: Path) -> None:
     assert files["plain.txt"] == b"hello\n"
     refs = message["References"].split()
     assert len(refs) == 20 and refs[0] == "<id0@x.test>" and refs[-1] == "<id39@x.test>"
-    assert all(len(line) <= 998 for line in mail.raw.split(b"\r\n"))
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))

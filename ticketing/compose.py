@@ -34,17 +34,20 @@ _MAX_REFERENCES = 20
 
 
 @dataclass(frozen=True)
-class OutgoingMail:
-    message_id: str
-    recipients: tuple[str, ...]
-    raw: bytes
+class FileToSend:
+    """A stored file to attach: named by its hash, read when the mail is sent."""
+
+    filename: str
+    content_type: str
+    sha256: str
 
 
 @dataclass(frozen=True)
-class FileToSend:
-    filename: str
-    content_type: str
-    data: bytes
+class OutgoingMail:
+    message_id: str
+    recipients: tuple[str, ...]
+    raw: bytes  # without its files: mime.with_files adds them when it is sent
+    files: tuple[FileToSend, ...] = ()
 
 
 class Templates:
@@ -144,6 +147,6 @@ def compose(
     lines.append("X-Auto-Response-Suppress: All")
     lines.append(mime.header(LOOP_HEADER, support.address))
     lines.extend(mime.header(name, value) for name, value in extra_headers)
-    raw = mime.build(lines, text, html, [(f.filename, f.content_type, f.data) for f in attachments])
+    raw = mime.build(lines, text, html)
     recipients = tuple(dict.fromkeys(a.address for a in (*to, *cc)))
-    return OutgoingMail(message_id, recipients, raw)
+    return OutgoingMail(message_id, recipients, raw, tuple(attachments))

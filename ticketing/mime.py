@@ -11,7 +11,7 @@ import base64
 import quopri
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from email.header import Header
 from email.utils import formataddr
 from urllib.parse import quote
@@ -83,21 +83,43 @@ def _text_part(subtype: str, body: str) -> bytes:
     ).encode() + encoded
 
 
-def _file_part(filename: str, content_type: str, data: bytes) -> bytes:
+def _file_part(filename: str, content_type: str, pieces: Iterable[bytes]) -> Iterator[bytes]:
     if not _TOKEN_SAFE.match(content_type.replace("/", "", 1)) or content_type.count("/") != 1:
         content_type = "application/octet-stream"
     if content_type.startswith(("message/", "multipart/")):
         # Sent as opaque bytes: a nested message would need its own transfer rules.
         content_type = "application/octet-stream"
-    return (
+    yield (
         f"Content-Type: {content_type}; {_param('name', filename)}\r\n"
         f"Content-Disposition: attachment; {_param('filename', filename)}\r\n"
         "Content-Transfer-Encoding: base64\r\n\r\n"
-    ).encode() + base64.encodebytes(data).replace(b"\n", b"\r\n")
+    ).encode()
+    yield from _base64(pieces)
+
+
+# Bytes per base64 line of 76 characters (RFC 2045 6.8).
+_LINE_BYTES = 57
+
+
+def _base64(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """Base64 lines of a file read in pieces, as one encoding of the whole would give."""
+    rest = b""
+    for piece in pieces:
+        data = rest + piece if rest else piece
+        whole = len(data) - len(data) % _LINE_BYTES
+        if whole:
+            yield base64.encodebytes(data[:whole]).replace(b"\n", b"\r\n")
+        rest = data[whole:]
+    if rest:
+        yield base64.encodebytes(rest).replace(b"\n", b"\r\n")
+
+
+def _boundary() -> str:
+    return f"=_mailgate_{uuid.uuid4().hex}"
 
 
 def _multipart(subtype: str, parts: Sequence[bytes]) -> bytes:
-    boundary = f"=_mailgate_{uuid.uuid4().hex}"
+    boundary = _boundary()
     # RFC 2046 5.1.1: the CRLF before each delimiter belongs to the delimiter.
     out = [f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n\r\n'.encode()]
     for part in parts:
@@ -108,15 +130,30 @@ def _multipart(subtype: str, parts: Sequence[bytes]) -> bytes:
     return b"".join(out)
 
 
-def build(
-    headers: Sequence[str],
-    text: str,
-    html: str,
-    files: Sequence[tuple[str, str, bytes]] = (),
-) -> bytes:
-    """The whole mail: our header lines, then text and HTML alternatives, then any files."""
+_MIME_VERSION = b"\r\nMIME-Version: 1.0\r\n"
+
+
+def build(headers: Sequence[str], text: str, html: str) -> bytes:
+    """The whole mail but its files: our header lines, then text and HTML alternatives."""
     body = _multipart("alternative", [_text_part("plain", text), _text_part("html", html)])
-    if files:
-        body = _multipart("mixed", [body, *(_file_part(*f) for f in files)])
     head = "\r\n".join([*headers, "MIME-Version: 1.0"]) + "\r\n"
     return head.encode("utf-8") + body  # utf-8 only for an SMTPUTF8 address
+
+
+def with_files(raw: bytes, files: Sequence[tuple[str, str, Iterable[bytes]]]) -> Iterator[bytes]:
+    """A mail that build() made, with files attached, in pieces: each file is read and
+    encoded as it is sent, never held whole."""
+    if not files:
+        yield raw
+        return
+    # No header value of ours holds a line break, so the first such line is the one build() wrote.
+    cut = raw.index(_MIME_VERSION) + len(_MIME_VERSION)
+    boundary = _boundary()
+    yield raw[:cut]
+    yield f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'.encode()
+    yield f"--{boundary}\r\n".encode()
+    yield raw[cut:]
+    for filename, content_type, pieces in files:
+        yield f"\r\n--{boundary}\r\n".encode()
+        yield from _file_part(filename, content_type, pieces)
+    yield f"\r\n--{boundary}--\r\n".encode()

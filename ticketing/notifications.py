@@ -39,6 +39,8 @@ def enqueue(
         mail_from=settings.support.address,
         recipients=json.dumps(list(mail.recipients)),
         raw=mail.raw,
+        files=json.dumps([{"sha256": f.sha256, "filename": f.filename,
+                           "content_type": f.content_type} for f in mail.files]),
         next_attempt_at=now,
         created_at=now,
     )
@@ -182,12 +184,11 @@ def _files(session: Session, desk: Desk, message: Message) -> tuple[list[FileToS
         if row.size > limit:
             omitted.append(f"{row.filename} ({row.size:,} bytes)")
             continue
-        try:
-            data = desk.blobs.get(row.sha256)
-        except OSError:
+        if not desk.blobs.has(session, row.sha256):
             omitted.append(f"{row.filename} (not readable)")
             continue
-        send.append(FileToSend(row.filename, row.content_type, data))
+        # Named, not copied: each reader's mail refers to the one stored file.
+        send.append(FileToSend(row.filename, row.content_type, row.sha256))
     return send, omitted
 
 
