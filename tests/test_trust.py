@@ -114,3 +114,45 @@ def test_forged_unfollow_with_the_ticket_tag_keeps_the_requester_on_the_ticket(
              sender=ALICE, recipients=envelope_to(notice))
         after = relay.settle()[step:]
     assert CAROL not in recipients(after)
+
+
+# The ticket trick: a stranger's ticket address used to sign up at another service.
+
+def _verification(to: str) -> Any:
+    """What a service sends to a new sign-up: no automatic-mail marks at all."""
+    return request("Confirm your address", "Your verification code is 538-211.",
+                   sender="Chat Service <noreply@chat.test>", to=to)
+
+
+def test_service_mail_to_a_strangers_reply_address_stays_with_the_agents(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    desk = _desk(desks, relay)
+    with serving(desk) as port:
+        ticket, confirmation, notice = _opened(desk, relay, port, sender=EVE, body="Hello?")
+        step = len(relay.received)
+        send(port, _verification(envelope_to(confirmation)[0]), sender="bounces@chat.test",
+             recipients=envelope_to(confirmation))
+        relay.wait_for(step + 1)
+        told = relay.settle()[step:]
+        # The agents see it; the stranger who opened the ticket does not.
+        assert recipients(told) == [ALICE, BOB]
+        assert all("538-211" in r.text() for r in told)
+        # Nor later, quoted below an agent's answer.
+        step = len(relay.received)
+        send(port, reply_to(notice, f"Alice Agent <{ALICE}>", "How can we help?"),
+             sender=ALICE, recipients=envelope_to(notice))
+        relay.wait_for(step + 1)
+        # A colleague of the requester (the same domain) is passed on as ever.
+        colleague = request(f"Re: [#{ticket.id}] Invoice wrong", "I am Eve's colleague.",
+                            sender="mallory@evil.test", to=envelope_to(confirmation)[0])
+        send(port, colleague, sender="mallory@evil.test", recipients=envelope_to(confirmation))
+        relay.wait_for(1, where=lambda r: EVE in r.rcpt_tos and "colleague" in r.text())
+        relay.settle()
+    assert not [r for r in relay.received if EVE in r.rcpt_tos and "538-211" in r.text()]
+    shown = _shown(desk, ticket.id)
+    kept = [m for m in shown["messages"] if "538-211" in m["text"]]
+    assert [m["from"] for m in kept] == ["noreply@chat.test"]
+    assert kept[0]["note"]
+    assert "noreply@chat.test" not in shown["participants"]
+    assert shown["status"] == "open"

@@ -87,3 +87,12 @@ def unfollow(session: Session, ticket: Ticket, address: str) -> bool:
     participant.active = False
     session.add(participant)
     return True
+
+
+def among_participants(session: Session, ticket: Ticket, address: str) -> bool:
+    """The address is on the ticket (now or before, or its assignee), or shares its
+    domain with someone who is."""
+    domain = address.rpartition("@")[2]
+    people = session.exec(select(Participant.address).where(Participant.ticket_id == ticket.id)).all()
+    return any(person == address or person.rpartition("@")[2] == domain
+               for person in (*people, ticket.assignee) if person)

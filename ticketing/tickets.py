@@ -21,7 +21,13 @@ from ticketing.identity import our_message_ids_in
 from ticketing.inbound import Inbound, Outcome
 from ticketing.models import Account, Attachment, Message, Outbox, ThreadRef, Ticket
 from ticketing.parse import ParsedMail
-from ticketing.participants import add_participants, agent_addresses, opened, unfollow
+from ticketing.participants import (
+    add_participants,
+    agent_addresses,
+    among_participants,
+    opened,
+    unfollow,
+)
 from ticketing.quotes import cut_reply
 from ticketing.ratelimit import mark_bouncing
 from ticketing.returnpath import one_reader, returned_to
@@ -329,6 +335,9 @@ def file_reply(
     if sender.address in agents and not is_agent:
         log.warning("[#%s] mail from agent address %s failed authentication: treated as a "
                     "customer's", ticket.id, sender.address)
+    if match.how == "token" and not is_agent and not among_participants(
+            session, ticket, sender.address):
+        return _from_outside(session, desk, ticket, mail, message, files, sender.address)
     text = cut_reply(mail.text)
     commands = Commands()
     if is_agent:
@@ -374,6 +383,25 @@ def file_reply(
     notifications.fan_out(session, desk, ticket, message, now, author_is_agent=is_agent,
                           already_reached=reached, note=commands.note)
     return Outcome("reply", ticket.id, message.id, f"{message.kind} by {match.how}")
+
+
+def _from_outside(
+    session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail, message: Message,
+    files: list[StoredFile], sender: str,
+) -> Outcome:
+    """The "ticket trick": a reply address used to sign up elsewhere gets that service's
+    verification mail. Mail to it from someone not on the ticket and not in a
+    participant's domain is kept for the agents as a note, never passed on to customers."""
+    message.text = cut_reply(mail.text)
+    message.kind = "note"
+    message.detail = (f"from {sender}, who is not on the ticket: kept for the agents, "
+                      "not passed on to the customers")[:2000]
+    _save(session, message, files, ticket)
+    log.warning("[#%s] <%s> from %s, not on the ticket nor in a participant's domain: kept "
+                "for the agents only", ticket.id, mail.message_id, sender)
+    notifications.fan_out(session, desk, ticket, message, desk.clock.now(), author_is_agent=False,
+                          already_reached=(), note=True)
+    return Outcome("reply", ticket.id, message.id, "from outside the ticket: for the agents only")
 
 
 def _join(
