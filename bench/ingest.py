@@ -148,6 +148,7 @@ def main() -> None:
                 f'[smtp]\nport = {serve_port}\nmax_connections_per_client = 0\n[web]\nenabled = false\n'
                 f'[outbound]\nrelay = "127.0.0.1:{relay_port}"\n'
                 f'[limits]\nper_recipient_per_hour = 0\nper_ticket_recipient_per_hour = 0\n'
+                f'overall_per_hour = 0\n'
             )
             env = dict(os.environ, PYTHONPATH=str(ROOT))
             subprocess.run([PYTHON, "-m", "mailgate.cli", "--config", str(config), "init"],

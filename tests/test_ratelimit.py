@@ -52,7 +52,8 @@ def test_per_ticket_and_recipient(engine: Engine, clock: FixedClock) -> None:
 
 def test_the_overall_ceiling_and_zero_meaning_off(engine: Engine, clock: FixedClock) -> None:
     ceiling = LimitSettings(per_recipient_per_hour=0, overall_per_hour=3)
-    off = LimitSettings(per_recipient_per_hour=0, per_ticket_recipient_per_hour=0)
+    off = LimitSettings(per_recipient_per_hour=0, per_ticket_recipient_per_hour=0,
+                        overall_per_hour=0)
     with transaction(engine) as session:
         for n in range(3):
             record_auto_reply(session, f"c{n}@customer.example", None, "confirmation", clock.now())

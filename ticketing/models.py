@@ -183,7 +183,10 @@ class Outbox(SQLModel, table=True):
 class AutoReplyLog(SQLModel, table=True):
     """One row per mail sent on the system's own account, for RFC 3834 rate limits."""
 
-    __table_args__ = (Index("ix_autoreply_recipient_at", "recipient", "sent_at"),)
+    __table_args__ = (
+        Index("ix_autoreply_recipient_at", "recipient", "sent_at"),
+        Index("ix_autoreply_sent_at", "sent_at"),  # the overall ceiling counts by time
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     recipient: str = Field(max_length=320)

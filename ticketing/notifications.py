@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _HISTORY = 5
+_NAMED = 200  # copied addresses over the ceiling named in the agents' notice; all are kept
 
 
 def enqueue(
@@ -146,11 +147,16 @@ def confirm_new_ticket(
         log.info("[#%s] no confirmation to %s (rate limit, machine or bouncing address)",
                  ticket.id, requester)
         return None
+    record_auto_reply(session, requester, ticket.id, "confirmation", now)
     # Everyone copied gets this mail on the system's own account: each is rate-limited,
     # or a stranger could send anyone a stream of confirmations with a subject of theirs.
-    copied = [a for a in cc if _deliverable(session, desk, a.address)
-              and not is_machine_address(a.address)
-              and may_auto_reply(session, desk.settings.limits, a.address, ticket.id, now)]
+    # Each counts as it is taken, so the overall ceiling holds within one mail too.
+    copied = []
+    for person in cc:
+        if (_deliverable(session, desk, person.address) and not is_machine_address(person.address)
+                and may_auto_reply(session, desk.settings.limits, person.address, ticket.id, now)):
+            record_auto_reply(session, person.address, ticket.id, "confirmation", now)
+            copied.append(person)
     severity = Severity(ticket.severity)
     context = _common(desk, ticket) | {
         "requester": requester,
@@ -164,8 +170,6 @@ def confirm_new_ticket(
     }
     text, html = desk.templates.render("confirmation", **context)
     _, chain = thread_of(session, ticket, [requester])
-    for address in (requester, *(a.address for a in copied)):
-        record_auto_reply(session, address, ticket.id, "confirmation", now)
     return _ticket_mail(
         session, desk, ticket, "confirmation", now,
         to=[Address(requester, ticket.requester_name)], cc=copied,
@@ -195,9 +199,11 @@ def _files(session: Session, desk: Desk, message: Message) -> tuple[list[FileToS
 def announce_new_ticket(
     session: Session, desk: Desk, ticket: Ticket, request: Message, cc: Sequence[Address],
     now: datetime, paged_hooks: Sequence[str] = (), not_paged: str = "",
+    not_copied: Sequence[Address] = (),
 ) -> list[Outbox]:
     """Tell the agents (or the team list) of a new ticket; its Reply-To makes their answer
-    public. not_paged says why a ticket that calls for a page paged nobody."""
+    public. not_paged says why a ticket that calls for a page paged nobody; not_copied
+    names the copied addresses over support.max_copied, who get no mail."""
     assert ticket.id is not None
     team = desk.settings.agents.team_address
     agents = [team.lower()] if team else sorted(agent_addresses(session, desk.settings))
@@ -219,6 +225,9 @@ def announce_new_ticket(
         "paged_at": now.strftime("%Y-%m-%d %H:%M UTC"),
         "paged_hooks": list(paged_hooks),
         "not_paged": not_paged,
+        "not_copied": [a.address for a in not_copied[:_NAMED]],
+        "not_copied_count": len(not_copied),
+        "max_copied": desk.settings.support.max_copied,
     }
     text, html = desk.templates.render("new_ticket", **context)
     urgent = [("Importance", "high"), ("X-Priority", "1")] if paged_hooks else []

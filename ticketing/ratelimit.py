@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 
@@ -13,14 +14,20 @@ from ticketing.addresses import is_machine_address, normalize
 from ticketing.models import Account, AutoReplyLog
 from ticketing.settings import LimitSettings
 
+log = logging.getLogger(__name__)
+
 WINDOW = timedelta(hours=1)
 
 
-def _sent_since(session: Session, since: datetime, *conditions: object) -> int:
-    query = select(func.count()).select_from(AutoReplyLog).where(AutoReplyLog.sent_at > since)
-    for condition in conditions:
-        query = query.where(condition)  # type: ignore[arg-type]
-    return int(session.exec(query).one())
+def _sent_since(session: Session, since: datetime) -> int:
+    """Automatic mails sent after `since`: asked once a transaction for each window,
+    then kept current by record_auto_reply()."""
+    counts: dict[datetime, int] = session.info.setdefault("auto_replies_since", {})
+    if since not in counts:
+        counts[since] = int(session.exec(
+            select(func.count()).select_from(AutoReplyLog).where(AutoReplyLog.sent_at > since)
+        ).one())
+    return counts[since]
 
 
 def _account(session: Session, address: str) -> Account | None:
@@ -67,6 +74,13 @@ def may_auto_reply(
     if address in bouncing(session, [address]):
         return False
     since = now - WINDOW
+    if limits.overall_per_hour and _sent_since(session, since) >= limits.overall_per_hour:
+        if not session.info.get("ceiling_told"):
+            session.info["ceiling_told"] = True
+            log.warning("the ceiling of %d automatic mails an hour (limits.overall_per_hour) "
+                        "is reached: no confirmations or notices to customers until the hour "
+                        "has room again", limits.overall_per_hour)
+        return False
     if limits.per_recipient_per_hour or limits.per_ticket_recipient_per_hour:
         # Both windows for this address in one query.
         on_ticket = func.coalesce(func.sum(case((col(AutoReplyLog.ticket_id) == ticket_id, 1), else_=0)), 0)
@@ -80,9 +94,7 @@ def may_auto_reply(
         if (ticket_id is not None and limits.per_ticket_recipient_per_hour
                 and to_ticket >= limits.per_ticket_recipient_per_hour):
             return False
-    return not (
-        limits.overall_per_hour and _sent_since(session, since) >= limits.overall_per_hour
-    )
+    return True
 
 
 def record_auto_reply(
@@ -91,6 +103,10 @@ def record_auto_reply(
     """Count one automatic mail against the windows; written with the outbox row it goes with."""
     address = normalize(recipient) or recipient.strip().lower()[:320]
     session.add(AutoReplyLog(recipient=address, ticket_id=ticket_id, kind=kind[:32], sent_at=now))
+    counts: dict[datetime, int] = session.info.get("auto_replies_since", {})
+    for since in counts:
+        if now > since:
+            counts[since] += 1
 
 
 def mark_bouncing(session: Session, address: str, detail: str, now: datetime) -> None:

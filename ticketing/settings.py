@@ -31,6 +31,9 @@ class SupportSettings:
     # From domains of the abuse-report feedback loops signed up for (RFC 5965): only
     # their reports stop mail to a complainant.
     feedback_loops: tuple[str, ...] = ()
+    # Copied (To/Cc) addresses one mail may add to a ticket; the rest are kept on the
+    # message and named to the agents, and get no mail (0: no ceiling).
+    max_copied: int = 20
 
     @property
     def domain(self) -> str:
@@ -146,7 +149,9 @@ class LimitSettings:
     # Sliding windows for mail the system sends on its own (RFC 3834 section 2).
     per_recipient_per_hour: int = 10
     per_ticket_recipient_per_hour: int = 3
-    overall_per_hour: int = 0  # 0: no ceiling
+    # All of them together, to anyone: far above what a real desk sends, low enough that
+    # a flood of requests cannot make the desk a spam cannon (0: no ceiling).
+    overall_per_hour: int = 2000
 
 
 @dataclass(frozen=True)

@@ -89,13 +89,22 @@ def _sender(mail: ParsedMail, inbound: Inbound) -> Address | None:
     return Address(address) if address else None
 
 
-def _copied(mail: ParsedMail, desk: Desk, exclude: set[str]) -> list[Address]:
-    """Everyone in To and Cc but our own addresses and those excluded."""
+def _copied(
+    mail: ParsedMail, desk: Desk, exclude: set[str]
+) -> tuple[list[Address], list[Address]]:
+    """Everyone in To and Cc but our own addresses and those excluded: those taken, and
+    those over support.max_copied (kept on the message, and mailed nothing)."""
     found: dict[str, Address] = {}
     for person in (*mail.to, *mail.cc):
         if not is_ours(person.address, desk.settings) and person.address not in exclude:
             found.setdefault(person.address, person)
-    return list(found.values())
+    people = list(found.values())
+    ceiling = desk.settings.support.max_copied
+    if not ceiling or len(people) <= ceiling:
+        return people, []
+    log.warning("<%s> copies %d addresses: the first %d take part, the rest get no mail "
+                "(support.max_copied)", mail.message_id, len(people), ceiling)
+    return people[:ceiling], people[ceiling:]
 
 
 def file_classified(
@@ -263,7 +272,7 @@ def open_ticket(
     opened(session, ticket)
     add_participants(session, ticket, [sender], "requester", now)
     # Agents copied on a request hear of it by the agents' notice, not as customers.
-    cc = _copied(mail, desk, {sender.address, *agent_addresses(session, desk.settings)})
+    cc, not_copied = _copied(mail, desk, {sender.address, *agent_addresses(session, desk.settings)})
     add_participants(session, ticket, cc, "cc", now)
     pages, withheld = (
         oncall.escalate_within_limits(session, ticket, desk.settings, now, "new ticket")
@@ -278,7 +287,8 @@ def open_ticket(
     notifications.confirm_new_ticket(session, desk, ticket, message, cc, now, bool(pages),
                                      next_opening)
     notifications.announce_new_ticket(session, desk, ticket, message, cc, now,
-                                      sorted({p.hook for p in pages}), not_paged=withheld)
+                                      sorted({p.hook for p in pages}), not_paged=withheld,
+                                      not_copied=not_copied)
     detail = f"{Severity(ticket.severity).label}, {len(cc)} copied, {len(files)} attached"
     return Outcome("new_ticket", ticket.id, message.id, detail)
 
@@ -413,7 +423,7 @@ def _join(
         add_participants(session, ticket, [sender], "agent", now)
     else:
         add_participants(session, ticket, [sender], "follower", now)
-    newcomers = [a for a in _copied(mail, desk, {sender.address}) if a.address not in agents]
+    newcomers, _ = _copied(mail, desk, {sender.address, *agents})
     add_participants(session, ticket, newcomers, "follower", now)
 
 
