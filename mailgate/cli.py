@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ from ticketing.settings import ConfigError, Settings, load_settings
 # The database layer takes most of a second to import: each command imports what it
 # needs, so `mailgate deliver` can hand a mail to a running server without it.
 if TYPE_CHECKING:
+    from mailgate.serve import CannotListen
     from ticketing.desk import Desk
 
 log = logging.getLogger("mailgate")
@@ -332,6 +335,7 @@ def parser() -> argparse.ArgumentParser:
     )
     root.add_argument("--config", help="TOML file (default: $MAILGATE_CONFIG, else built-in)")
     root.add_argument("-v", "--verbose", action="store_true")
+    root.add_argument("--version", action="version", version=f"mailgate {_version()}")
     sub = root.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="create or upgrade the database").set_defaults(run=cmd_init)
     sub.add_parser("serve", help="SMTP, the web Help Desk, IMAP, outbound, paging").set_defaults(
@@ -405,7 +409,57 @@ def parser() -> argparse.ArgumentParser:
             choices += [clear, disable]
         for p in choices:
             p.set_defaults(run=cmd_people)
+    _config_after_the_command(root)
     return root
+
+
+def _config_after_the_command(parser: argparse.ArgumentParser) -> None:
+    """`mailgate tickets list --config FILE` as well as `mailgate --config FILE tickets list`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument("--config", default=argparse.SUPPRESS, help="TOML file")
+                _config_after_the_command(child)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mailgate")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _listen_problem(exc: CannotListen) -> tuple[str, int]:
+    """One line and an exit code for a listener that cannot take its address."""
+    where = f"cannot listen for {exc.what} on {exc.host}:{exc.port}"
+    if exc.error.errno == errno.EADDRINUSE:
+        return f"{where}: the address is in use (is another mailgate serve running?)", \
+            exitcodes.EX_UNAVAILABLE
+    if exc.error.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges)", \
+            exitcodes.EX_NOPERM
+    if exc.error.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: this machine has no such address", exitcodes.EX_CONFIG
+    return f"{where}: {exc.error.strerror or exc.error}", exitcodes.EX_OSERR
+
+
+def _database_problem(exc: BaseException, settings: Settings | None) -> str | None:
+    """One line for a database that does not answer or refuses us, else None."""
+    sqlalchemy_errors = sys.modules.get("sqlalchemy.exc")
+    db = sys.modules.get("ticketing.db")
+    if db is not None and isinstance(exc, db.StorageError):
+        detail = str(exc)
+    elif sqlalchemy_errors is not None and isinstance(
+        exc, sqlalchemy_errors.OperationalError | sqlalchemy_errors.InterfaceError
+    ):
+        detail = str(exc.orig or exc).strip()
+    else:
+        return None
+    detail = detail.splitlines()[0] if detail else type(exc).__name__
+    where = f" {_shown(settings.database)}" if settings is not None else ""
+    return f"database{where}: {detail}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -416,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    settings: Settings | None = None
     try:
         settings = load_settings(args.config)
         return int(args.run(settings, args))
@@ -425,6 +480,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exitcodes.EX_TEMPFAIL if args.command == "deliver" else exitcodes.EX_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to say, and nothing left to flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exitcodes.EX_IOERR
+    except Exception as exc:
+        serve = sys.modules.get("mailgate.serve")
+        if serve is not None and isinstance(exc, serve.CannotListen):
+            line, code = _listen_problem(exc)
+            print(f"mailgate: {line}", file=sys.stderr)
+            return code
+        problem = _database_problem(exc, settings)
+        if problem is None:
+            raise
+        print(f"mailgate: {problem}", file=sys.stderr)
+        return exitcodes.EX_TEMPFAIL if args.command == "deliver" else exitcodes.EX_UNAVAILABLE
 
 
 if __name__ == "__main__":

@@ -14,6 +14,14 @@ from ticketing.desk import Desk
 log = logging.getLogger(__name__)
 
 
+class CannotListen(Exception):
+    """A listener could not take its address: the operator's to fix, said in one line."""
+
+    def __init__(self, what: str, host: str, port: int, error: OSError) -> None:
+        self.what, self.host, self.port, self.error = what, host, port, error
+        super().__init__(f"{what} on {host}:{port}: {error.strerror or error}")
+
+
 async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) -> None:
     """Send due mail as soon as a commit queues it, and check every second for retries."""
     transport = transport_for(desk)
@@ -65,11 +73,18 @@ async def serve(
     if settings.web.enabled:
         from mailgate.web.server import listen, run_web
 
-        web_socket = listen(settings.web.host, settings.web.port)
+        try:
+            web_socket = listen(settings.web.host, settings.web.port)
+        except OSError as exc:
+            raise CannotListen("web", settings.web.host, settings.web.port, exc) from exc
     try:
         server = await loop.create_server(
             smtp_factory(desk, executor), host=settings.smtp.host, port=settings.smtp.port
         )
+    except OSError as exc:
+        if web_socket is not None:
+            web_socket.close()
+        raise CannotListen("SMTP", settings.smtp.host, settings.smtp.port, exc) from exc
     except BaseException:
         if web_socket is not None:
             web_socket.close()

@@ -1,0 +1,87 @@
+"""Regressions in what an operator types: one clear line and a sysexits code, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.harness import request
+from tests.servers import free_port
+from tests.test_cli import MAILGATE, run, write_config
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+
+
+def _one_line(result: subprocess.CompletedProcess[bytes]) -> str:
+    err = result.stderr.decode()
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}",
+                              smtp=f"port = {port}")
+        assert run(config, "init").returncode == 0
+        result = run(config, "serve")
+    assert result.returncode == 69
+    line = _one_line(result)
+    assert f"127.0.0.1:{port}" in line and "in use" in line
+
+
+@pytest.mark.parametrize("command", [["init"], ["tickets", "list"], ["tickets", "show", "1"]])
+def test_an_unreachable_postgresql_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    nobody = free_port()  # nothing listens here
+    config = write_config(tmp_path, f"postgresql://mailgate:hunter2@127.0.0.1:{nobody}/test")
+    result = run(config, *command)
+    assert result.returncode == 69
+    line = _one_line(result)
+    assert f"127.0.0.1:{nobody}" in line and "refused" in line.lower()
+    assert "hunter2" not in line
+
+
+def test_tickets_show_into_head_ends_quietly(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    assert run(config, "init").returncode == 0
+    body = "\n".join(f"line {i} of a long log pasted into the request" for i in range(20_000))
+    delivered = run(config, "deliver", "--recipient", "support@example.com",
+                    "--sender", "carol@customer.test",
+                    stdin=request("Long log", body).as_bytes())
+    assert delivered.returncode == 0, delivered.stderr
+    # `mailgate tickets show 1 | head -1`: head reads a line and goes away.
+    with subprocess.Popen([*MAILGATE, "--config", str(config), "tickets", "show", "1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()) as shown:
+        assert shown.stdout is not None and shown.stderr is not None
+        assert shown.stdout.readline().startswith(b"Ticket #1")
+        shown.stdout.close()
+        err = shown.stderr.read()
+        code = shown.wait(60)
+    assert err == b""
+    assert code == 74
+
+
+def test_version_and_config_after_the_subcommand(tmp_path: Path) -> None:
+    version = subprocess.run([*MAILGATE, "--version"], capture_output=True, env=_env(),
+                             check=False)
+    assert version.returncode == 0
+    assert version.stdout.decode().startswith("mailgate 0.")
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    init = subprocess.run([*MAILGATE, "init", "--config", str(config)], capture_output=True,
+                          env=_env(), check=False, cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
+    listed = subprocess.run([*MAILGATE, "tickets", "list", "--config", str(config)],
+                            capture_output=True, env=_env(), check=False, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert (tmp_path / "db.sqlite3").exists()
+    assert not (tmp_path / "data" / "mailgate.sqlite3").exists()  # not the built-in default
