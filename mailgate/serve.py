@@ -6,12 +6,17 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from mailgate.outbound import deliver_due, transport_for
 from mailgate.paging import run_paging, worker_name
+from ticketing.blobs import clean_temporary
 from ticketing.desk import Desk
 
 log = logging.getLogger(__name__)
+
+# A half-written file in the data folder this old is no write in progress.
+STALE_WRITE = timedelta(hours=1)
 
 
 class CannotListen(Exception):
@@ -69,6 +74,10 @@ async def serve(
     # one waits on the disk.
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest")
     settings = desk.settings
+    removed = clean_temporary(settings.storage_path / "blobs", desk.clock.now() - STALE_WRITE)
+    if removed:
+        log.warning("removed %d half-written file(s) from %s (a full disk or a crash)",
+                    removed, settings.storage_path / "blobs")
     web_socket = None
     if settings.web.enabled:
         from mailgate.web.server import listen, run_web

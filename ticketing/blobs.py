@@ -6,6 +6,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -92,12 +93,16 @@ class FolderBlobs:
             return
         # A name of its own per write: two threads storing the same bytes must not share one.
         temporary = target.with_name(f".{sha256}.{uuid.uuid4().hex}.tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            if self.durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                if self.durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        except OSError:
+            temporary.unlink(missing_ok=True)  # a full disk must not keep the half it took
+            raise
         if self.durable:
             _fsync_folder(folder)
 
@@ -194,6 +199,21 @@ class DatabaseBlobs:
 
     def get(self, sha256: str) -> bytes:
         return b"".join(self.chunks(sha256))
+
+
+def clean_temporary(root: Path, before: datetime) -> int:
+    """Remove half-written files (".<hash>.<id>.tmp") last written before `before`: what
+    a full disk or a killed process left behind. A write in progress is younger, and
+    no row names a temporary file. Returns how many were removed."""
+    removed = 0
+    for path in root.glob("??/??/.*.tmp"):
+        try:
+            if path.stat().st_mtime < before.timestamp():
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process cleaned or finished it
+            continue
+    return removed
 
 
 def _fsync_folder(folder: Path) -> None:
