@@ -92,7 +92,7 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
     engine = make_engine(settings.database)
     before = schema_state(engine)
     migrate(engine)
-    settings.storage_path.mkdir(parents=True, exist_ok=True)
+    settings.storage_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     print(f"mailgate: database {'created' if before == 'empty' else 'up to date'}: "
           f"{_shown(settings.database)}")
     return 0
@@ -465,6 +465,8 @@ def _database_problem(exc: BaseException, settings: Settings | None) -> str | No
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-command chatter
+    # aiosmtpd's protocol chatter (every connection, every QUIT) drowns ours at INFO.
+    logging.getLogger("mail").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -84,14 +84,15 @@ class FolderTransport:
         self.blobs = blobs
 
     def send(self, row: Outbox) -> Sent:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"{row.id:08d}.eml"
         temporary = self.directory / f".{name}.tmp"
         envelope = (
             f"X-Mailgate-Envelope-From: {row.mail_from}\r\n"
             f"X-Mailgate-Envelope-To: {', '.join(json.loads(row.recipients))}\r\n"
         ).encode()
-        with open(temporary, "wb") as handle:
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                       "wb") as handle:
             handle.write(envelope)
             for piece in message(row, self.blobs):
                 handle.write(piece)
@@ -111,6 +112,7 @@ class RelayTransport:
                  blobs: BlobStore | None = None) -> None:
         host, _, port = settings.relay.rpartition(":")
         self.host, self.port = host, int(port)
+        self.name = f"the relay {host}:{port}"  # every error names it
         self.settings = settings
         self.timeout = timeout
         self.blobs = blobs
@@ -161,7 +163,8 @@ class RelayTransport:
             if not all(a.isascii() for a in (row.mail_from, *recipients)):
                 # RFC 6531: an internationalised address needs a relay that takes SMTPUTF8.
                 if not client.has_extn("smtputf8"):
-                    raise PermanentFailure("the relay does not offer SMTPUTF8 for a non-ASCII address")
+                    raise PermanentFailure(
+                        f"{self.name} does not offer SMTPUTF8 for a non-ASCII address")
                 options.append("SMTPUTF8")
             refused = client.sendmail(row.mail_from, recipients, raw, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
@@ -174,10 +177,11 @@ class RelayTransport:
                 raise self._refused(f"every recipient refused: {code} {text}") from exc
             readers = tuple(r for r, (code, text) in answers.items() if _about_recipient(code, text))
             if readers and len(readers) == len(answers):
-                raise PermanentFailure(f"all recipients refused: {answers}", readers) from exc
+                raise PermanentFailure(f"{self.name}: all recipients refused: {answers}",
+                                       readers) from exc
             if any(code >= 500 for code, _ in answers.values()):
                 raise self._refused(f"recipients refused: {answers}") from exc
-            raise TemporaryFailure(f"recipients refused: {answers}") from exc
+            raise TemporaryFailure(f"{self.name}: recipients refused for now: {answers}") from exc
         except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError,
                 smtplib.SMTPAuthenticationError) as exc:
             # A refusal at MAIL FROM, DATA or the login says nothing about the readers.
@@ -185,10 +189,11 @@ class RelayTransport:
         except smtplib.SMTPResponseException as exc:
             if 500 <= exc.smtp_code < 600:
                 raise self._refused(f"{exc.smtp_code} {_text(exc.smtp_error)}") from exc
-            raise TemporaryFailure(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
+            raise TemporaryFailure(f"{self.name} answered {exc.smtp_code} {_text(exc.smtp_error)}"
+                                   ) from exc
         except (TimeoutError, OSError, smtplib.SMTPException) as exc:
             self.close()
-            raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from exc
+            raise TemporaryFailure(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         permanent = tuple(r for r, (code, message) in refused.items()
                           if _about_recipient(code, _text(message)))
         others = {r: answer for r, answer in refused.items() if r not in permanent}
@@ -199,7 +204,7 @@ class RelayTransport:
         return Sent(permanent)
 
     def _refused(self, answer: str) -> RelayRefused:
-        return RelayRefused(f"the relay {self.host}:{self.port} refused the mail: {answer}")
+        return RelayRefused(f"{self.name} refused the mail: {answer}")
 
 
 # RFC 3463: X.1.x is about the address, X.2.x about the mailbox: the reader's own

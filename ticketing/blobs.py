@@ -80,7 +80,10 @@ class FolderBlobs:
         target = self.path(sha256)
         folder = target.parent
         if folder not in self._synced:
-            folder.mkdir(parents=True, exist_ok=True)
+            # Readable by the owner only, each level (parents=True would give the
+            # fan-out levels the umask's mode).
+            for level in (self.root, folder.parent, folder):
+                level.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self.durable:
                 # A folder's own name must reach the disk too, or a file in it could
                 # vanish with it after a power cut (whichever thread made the folder).
@@ -94,7 +97,8 @@ class FolderBlobs:
         # A name of its own per write: two threads storing the same bytes must not share one.
         temporary = target.with_name(f".{sha256}.{uuid.uuid4().hex}.tmp")
         try:
-            with open(temporary, "wb") as handle:
+            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+                           "wb") as handle:
                 handle.write(data)
                 if self.durable:
                     handle.flush()

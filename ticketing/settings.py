@@ -470,7 +470,7 @@ def ensure_secret(settings: Settings) -> Settings:
             "to the same value on every machine"
         )
     path = settings.storage_path / "secret"
-    settings.storage_path.mkdir(parents=True, exist_ok=True)
+    settings.storage_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
         # Written whole under another name, then linked into place: a reader never sees
         # a half-written secret, and of two racing writers the first one's wins.
