@@ -112,9 +112,47 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if problem is not None:
         # Mail taken in but never answered is worse than a server that does not start.
         raise ConfigError(f"{problem}; not starting")
-    desk = _desk(settings)
+    desk = _desk(settings, check_schema=False)
+    _wait_for_database(desk)
     asyncio.run(serve(desk))
     return 0
+
+
+DATABASE_RETRY = 5  # seconds between tries while the database does not answer at start
+
+
+def _wait_for_database(desk: Desk) -> None:
+    """Check the schema, waiting first for a database server that does not answer yet
+    (it may be starting too): one line says so, not a traceback each time a supervisor
+    restarts us. A schema to create or upgrade still stops serve."""
+    import time
+
+    from sqlalchemy.exc import DBAPIError
+
+    from ticketing.db import StorageError, schema_state
+
+    url = desk.settings.database
+    told = False
+    while True:
+        try:
+            state = schema_state(desk.engine)
+            break
+        except (DBAPIError, StorageError) as exc:
+            if url.startswith("sqlite"):
+                raise  # a file, not a server: nothing to wait for
+            if not told:
+                reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+                log.warning("database not reachable at %s: retrying every %d s (%s)",
+                            _shown(url), DATABASE_RETRY, reason)
+                told = True
+            time.sleep(DATABASE_RETRY)
+    if told:
+        log.info("database reachable at %s: starting", _shown(url))
+    if state != "current":
+        raise ConfigError(
+            f"the database schema is {state} (database.url = {_shown(url)}); "
+            "run `mailgate init` to create or upgrade it"
+        )
 
 
 def cmd_deliver(settings: Settings, args: argparse.Namespace) -> int:

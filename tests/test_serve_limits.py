@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.harness import Relay, request, send, serving
-from tests.servers import free_port
+from tests.servers import POSTGRES_URL, free_port, postgres_url
+from tests.test_cli import MAILGATE, write_config
 from ticketing.desk import Desk
 
 
@@ -33,3 +38,55 @@ def test_half_written_files_after_a_full_disk_are_removed_at_start(
     assert [p for p in stale if p.exists()] == []
     assert kept.read_bytes() == b"a stored file"
     assert in_progress.exists()  # another process may be writing it
+
+
+def _log_lines(path: Path, needle: str) -> list[str]:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return [line for line in text.splitlines() if needle in line]
+
+
+def _wait_for_line(path: Path, needle: str, timeout: float = 60) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while not (found := _log_lines(path, needle)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
+def test_serve_waits_for_a_database_that_is_not_there_yet(
+    tmp_path: Path, postgres_template: str
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    name = f"mailgate_late_{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    config = write_config(tmp_path, postgres_url(name), smtp=f"port = {port}")
+    log = config.with_suffix(".log")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    admin = create_engine("postgresql+psycopg://" + POSTGRES_URL.removeprefix("postgresql://"),
+                          isolation_level="AUTOCOMMIT")
+    try:
+        with open(log, "ab") as handle, subprocess.Popen(
+            [*MAILGATE, "--config", str(config), "serve"], stdout=subprocess.PIPE,
+            stderr=handle, env=env,
+        ) as process:
+            try:
+                assert _wait_for_line(log, "database not reachable at"), log.read_text()
+                assert process.poll() is None  # still there, waiting
+                # The database comes up (made whole, from a migrated template).
+                with admin.connect() as connection:
+                    connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
+                assert process.stdout is not None
+                assert b"listening" in process.stdout.readline(), log.read_text()
+                assert send(port, request("after the wait", "hello")) == {}
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(30) == 0
+            finally:
+                if process.poll() is None:
+                    process.kill()
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    (line,) = _log_lines(log, "database not reachable")
+    assert f"{name}" in line and "retrying every 5 s" in line
+    assert "Traceback" not in log.read_text()
