@@ -29,12 +29,46 @@ def _print(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False) if as_json else text(data))
 
 
-def _ticket_lines(tickets: list[dict[str, Any]]) -> str:
+def _age(created_at: str | None, now: datetime) -> str:
+    """How long ago, in the largest whole unit: 45m, 5h, 3d."""
+    if not created_at:
+        return "-"
+    created = datetime.fromisoformat(created_at)
+    if created.tzinfo is None:  # stored in UTC
+        created = created.replace(tzinfo=UTC)
+    seconds = max(0, int((now - created).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _ticket_lines(tickets: list[dict[str, Any]], now: datetime) -> str:
     if not tickets:
         return "no tickets"
+    rows = [{**t, "number": f"#{t['number']}", "age": _age(t["created_at"], now)} for t in tickets]
+    return _table(rows, (("TICKET", "number"), ("SEV", "severity"), ("STATUS", "status"),
+                         ("ASSIGNEE", "assignee"), ("AGE", "age"), ("REQUESTER", "requester"),
+                         ("SUBJECT", "subject")))
+
+
+def _cell(value: Any) -> str:
+    """A value as an operator reads it: addresses joined by commas, '-' for nothing."""
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell(v) for v in value) or "-"
+    if value is None or value == "":
+        return "-"
+    return " ".join(str(value).split())
+
+
+def _table(records: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """A header row and one aligned row per record; the last column runs on."""
+    cells = [[header for header, _ in columns]]
+    cells += [[_cell(r.get(key)) for _, key in columns] for r in records]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns) - 1)]
     return "\n".join(
-        f"#{t['number']:<6} {t['severity']} {t['status']:<8} {t['requester']:<32} {t['subject']}"
-        for t in tickets
+        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
+        for row in cells
     )
 
 
@@ -61,7 +95,7 @@ def _ticket_text(t: dict[str, Any]) -> str:
 def _rows(records: list[dict[str, Any]], keys: Sequence[str]) -> str:
     if not records:
         return "nothing"
-    return "\n".join("  ".join(str(r.get(k, "")) for k in keys) for r in records)
+    return _table(records, [(k.upper().replace("_", " "), k) for k in keys])
 
 
 def _desk(settings: Settings, check_schema: bool = True) -> Desk:
@@ -229,13 +263,21 @@ def cmd_fetch(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
+    from ticketing.commands import STATUSES
     from ticketing.db import transaction
     from ticketing.reports import list_tickets, show_ticket
 
+    if args.action == "list" and args.status is not None and args.status not in STATUSES:
+        print(f"mailgate: tickets list: --status must be one of {', '.join(STATUSES)}, "
+              f"not {args.status!r}", file=sys.stderr)
+        return exitcodes.EX_USAGE
     desk = _desk(settings)
     with transaction(desk.engine) as session:
         if args.action == "list":
-            _print(list_tickets(session, args.status), args.json, _ticket_lines)
+            now = datetime.now(UTC)
+            tickets = list_tickets(session, args.status, severity=args.severity,
+                                   assignee=args.assignee)
+            _print(tickets, args.json, lambda t: _ticket_lines(t, now))
             return 0
         ticket = show_ticket(session, args.number)
     if ticket is None:
@@ -341,10 +383,23 @@ def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
             return _clear_bounce(session, args)
         rows = session.exec(select(table).order_by(table.address)).all()
         records = [r.model_dump(mode="json", exclude={"password_hash"}) for r in rows]
-    keys = ("address", "name") if table is Agent else ("address", "name", "bouncing_since",
-                                                        "bounce_detail")
+    if table is Agent:
+        records = _with_configured_agents(settings, records)
+    keys = ("address", "name", "source") if table is Agent else (
+        "address", "name", "bouncing_since", "bounce_detail")
     _print(records, args.json, lambda r: _rows(r, keys))
     return 0
+
+
+def _with_configured_agents(settings: Settings, records: list[dict[str, Any]]
+                            ) -> list[dict[str, Any]]:
+    """Agents named in agents.addresses as well as those added with `agents add`."""
+    configured = {a.strip().lower() for a in settings.agents.addresses}
+    merged = {r["address"]: {**r, "source": "config" if r["address"] in configured else "added"}
+              for r in records}
+    for address in configured - merged.keys():
+        merged[address] = {"address": address, "name": "", "source": "config"}
+    return [merged[a] for a in sorted(merged)]
 
 
 def _clear_bounce(session: Any, args: argparse.Namespace) -> int:
@@ -389,7 +444,10 @@ def parser() -> argparse.ArgumentParser:
     tickets = sub.add_parser("tickets", help="list and show tickets").add_subparsers(
         dest="action", required=True)
     listing = tickets.add_parser("list")
-    listing.add_argument("--status")
+    listing.add_argument("--status", help="open, pending, solved or closed")
+    listing.add_argument("--severity", choices=("S0", "S1", "S2", "S3"), type=str.upper)
+    listing.add_argument("--assignee", type=_address_argument,
+                         help="an agent's address, or - for tickets nobody has taken")
     show = tickets.add_parser("show")
     show.add_argument("number", type=int)
     for p in (listing, show):
@@ -399,7 +457,7 @@ def parser() -> argparse.ArgumentParser:
     outbox = sub.add_parser("outbox", help="inspect and retry outgoing mail").add_subparsers(
         dest="action", required=True)
     listing = outbox.add_parser("list")
-    listing.add_argument("--status")
+    listing.add_argument("--status", choices=("pending", "sent", "failed"))
     listing.add_argument("--json", action="store_true")
     retry = outbox.add_parser("retry")
     retry.add_argument("id", type=int, nargs="?")
@@ -449,6 +507,17 @@ def parser() -> argparse.ArgumentParser:
             p.set_defaults(run=cmd_people)
     _config_after_the_command(root)
     return root
+
+
+def _address_argument(value: str) -> str:
+    from ticketing.addresses import normalize
+
+    if value == "-":
+        return value
+    address = normalize(value)
+    if not address:
+        raise argparse.ArgumentTypeError(f"not an address: {value!r}")
+    return address
 
 
 def _config_after_the_command(parser: argparse.ArgumentParser) -> None:

@@ -85,3 +85,35 @@ def test_version_and_config_after_the_subcommand(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     assert (tmp_path / "db.sqlite3").exists()
     assert not (tmp_path / "data" / "mailgate.sqlite3").exists()  # not the built-in default
+
+
+def test_lists_read_as_tables_of_addresses_and_filters_refuse_unknown_values(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}",
+                          agents='addresses = ["alice@example.com", "bob@example.com"]')
+    assert run(config, "init").returncode == 0
+    for subject, cc in (("[S1] Exports broken", "dave@customer.test, erin@customer.test"),
+                        ("Printer offline", "")):
+        raw = request(subject, "Since noon.", cc=cc).as_bytes()
+        assert run(config, "deliver", "--recipient", "support@example.com",
+                   "--sender", "carol@customer.test", stdin=raw).returncode == 0
+    listed = run(config, "tickets", "list").stdout.decode().splitlines()
+    assert listed[0].split() == ["TICKET", "SEV", "STATUS", "ASSIGNEE", "AGE", "REQUESTER",
+                                 "SUBJECT"]
+    first = listed[1].split()
+    assert first[:4] == ["#1", "S1", "open", "-"] and first[5] == "carol@customer.test"
+    assert first[4][-1] in "smhd"
+    only = run(config, "tickets", "list", "--severity", "S1").stdout.decode().splitlines()
+    assert [line.split()[0] for line in only[1:]] == ["#1"]
+    for wrong in (["--status", "opne"], ["--severity", "S7"], ["--assignee", "alice"]):
+        refused = run(config, "tickets", "list", *wrong)
+        assert refused.returncode in (2, 64), wrong
+        assert "Traceback" not in refused.stderr.decode()
+    outbox = run(config, "outbox", "list").stdout.decode()
+    assert "[" not in outbox and "'" not in outbox
+    assert "carol@customer.test, dave@customer.test, erin@customer.test" in outbox
+    assert run(config, "agents", "add", "carl@example.com").returncode == 0
+    agents = run(config, "agents", "list").stdout.decode().splitlines()
+    assert [line.split()[0] for line in agents[1:]] == [
+        "alice@example.com", "bob@example.com", "carl@example.com"]

@@ -35,10 +35,18 @@ def ticket_summary(session: Session, ticket: Ticket) -> dict[str, Any]:
     }
 
 
-def list_tickets(session: Session, status: str | None = None) -> list[dict[str, Any]]:
+def list_tickets(session: Session, status: str | None = None, *, severity: str | None = None,
+                 assignee: str | None = None) -> list[dict[str, Any]]:
+    """Tickets, oldest first; `assignee` "-" means nobody's."""
     query = select(Ticket).order_by(col(Ticket.id))
     if status:
         query = query.where(Ticket.status == status)
+    if severity:
+        query = query.where(Ticket.severity == Severity.parse(severity).value)
+    if assignee == "-":
+        query = query.where((col(Ticket.assignee) == "") | col(Ticket.assignee).is_(None))
+    elif assignee:
+        query = query.where(Ticket.assignee == assignee)
     return [ticket_summary(session, t) for t in session.exec(query).all()]
 
 
