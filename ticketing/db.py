@@ -18,7 +18,47 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 class StorageError(RuntimeError):
-    """The database or the data folder could not take a write: a temporary failure."""
+    """The database or the data folder could not take a write: a temporary failure.
+
+    `mail_fault` when the mail itself caused it (a statement it made too large), not
+    the database: trying that mail again fails again, so it must not stay in front.
+    """
+
+    def __init__(self, message: str, *, mail_fault: bool = False) -> None:
+        super().__init__(message)
+        self.mail_fault = mail_fault
+
+
+# Faults of the database, not of what was asked of it. PostgreSQL SQLSTATE classes:
+# 08 connection, 40 rollback (deadlock, serialization), 53 resources (disk full),
+# 55 object state (lock not available), 57 operator intervention (shutdown, timeout),
+# 58 system error, XX internal error.
+_DATABASE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
+_SQLITE_DATABASE_ERRORS = frozenset({
+    "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN",
+    "SQLITE_READONLY", "SQLITE_NOMEM", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_PROTOCOL",
+    "SQLITE_INTERRUPT", "SQLITE_PERM", "SQLITE_AUTH", "SQLITE_NOLFS",
+})
+_CONNECTION_WORDS = ("connect", "server closed", "terminat", "timeout", "timed out", "ssl",
+                     "closed the connection", "the connection is closed")
+
+
+def mail_fault(exc: DBAPIError) -> bool:
+    """Whether the statement failed for what it asked (too many parameters, a limit of
+    the database), not because the database was away, busy or out of room."""
+    if getattr(exc, "connection_invalidated", False):
+        return False
+    original = exc.orig
+    state = getattr(original, "sqlstate", None)
+    if state:
+        return str(state)[:2] not in _DATABASE_CLASSES
+    name = getattr(original, "sqlite_errorname", None)
+    if name:
+        return str(name) not in _SQLITE_DATABASE_ERRORS
+    # psycopg's own refusal before the server saw the statement carries no SQLSTATE
+    # ("number of parameters must be between 0 and 65535"); so does a lost connection.
+    text = str(original).lower()
+    return not any(word in text for word in _CONNECTION_WORDS)
 
 
 def make_engine(url: str) -> Engine:
@@ -88,7 +128,7 @@ def _session(engine: Engine) -> Iterator[Session]:
     except (OperationalError, DBAPIError) as exc:
         session.rollback()
         if getattr(exc, "connection_invalidated", False) or isinstance(exc, OperationalError):
-            raise StorageError(str(exc).splitlines()[0]) from exc
+            raise StorageError(str(exc).splitlines()[0], mail_fault=mail_fault(exc)) from exc
         raise
     except BaseException:
         session.rollback()
@@ -99,7 +139,7 @@ def _session(engine: Engine) -> Iterator[Session]:
 
 # The newest migration. `serve` and `deliver` compare the database with this instead of
 # loading Alembic at every start (a test checks it is Alembic's head).
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 
 
 def head_revision() -> str | None:

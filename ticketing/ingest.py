@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 from ticketing import oncall
 from ticketing.db import StorageError, transaction
 from ticketing.inbound import Inbound, Outcome
-from ticketing.models import Message, Quarantine
+from ticketing.models import IngestFailure, Message, Quarantine
 from ticketing.parse import ParsedMail, parse_mail
 from ticketing.screening import Verdict, screen
 from ticketing.tickets import (
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from ticketing.desk import Desk
 
 log = logging.getLogger(__name__)
+
+# Tries, on any route, of a mail whose own content makes the database refuse it.
+MAX_TRIES = 3
 
 
 def dedupe_key(mail: ParsedMail, raw: bytes) -> str:
@@ -61,12 +64,17 @@ def ingest(desk: Desk, inbound: Inbound) -> Outcome:
                 outcome = _record(session, desk, inbound, mail, key, raw_sha256, files, verdict)
                 outcome = replace(outcome, pages=oncall.queued(session))
             break
-        except IntegrityError:
+        except IntegrityError as exc:
             # A concurrent copy of the same mail (or a ticket row raced) won: look again.
             if attempt == 2:
-                raise StorageError(f"{label}: kept conflicting with a concurrent write") from None
-        except StorageError:
-            raise
+                reason = str(exc.orig).splitlines()[0] if exc.orig else ""
+                fault = StorageError(f"{label}: kept conflicting with a concurrent write "
+                                     f"({reason})", mail_fault=True)
+                return _failed_try(desk, inbound, raw_sha256, label, fault)
+        except StorageError as exc:
+            if not exc.mail_fault:
+                raise
+            return _failed_try(desk, inbound, raw_sha256, label, exc)
         except Exception as exc:
             return quarantine(desk, inbound, exc)
     log.info("<%s> %s via %s: %s%s", label, outcome.status, inbound.route,
@@ -74,6 +82,34 @@ def ingest(desk: Desk, inbound: Inbound) -> Outcome:
     if outcome.status != "duplicate":
         desk.committed(outcome.pages > 0)
     return outcome
+
+
+def _failed_try(
+    desk: Desk, inbound: Inbound, raw_sha256: str, label: str, fault: StorageError
+) -> Outcome:
+    """A database fault that this mail's own content caused: a temporary failure for the
+    first tries, counted by the mail's bytes whatever route brings it; then the
+    quarantine, so the mail stands in front of no other (an IMAP folder, an MTA queue)."""
+    now = desk.clock.now()
+    try:
+        with transaction(desk.engine) as session:
+            row = session.get(IngestFailure, raw_sha256, with_for_update=True)
+            if row is None:
+                row = IngestFailure(raw_sha256=raw_sha256, first_at=now, last_at=now)
+            row.tries += 1
+            row.last_at = now
+            row.last_error = str(fault)[:2000]
+            session.add(row)
+            tries = row.tries
+    except (StorageError, IntegrityError):
+        raise fault from None  # the database is away (or the count raced): the fault stands
+    if tries < MAX_TRIES:
+        log.warning("<%s> via %s: could not be stored (try %d of %d): %s", label,
+                    inbound.route, tries, MAX_TRIES, fault)
+        raise fault
+    log.error("<%s> via %s: could not be stored in %d tries; quarantined so that it "
+              "holds up no other mail: %s", label, inbound.route, tries, fault)
+    return quarantine(desk, inbound, fault)
 
 
 def _record(

@@ -252,3 +252,14 @@ class Quarantine(SQLModel, table=True):
     created_at: datetime
     replayed_at: datetime | None = None
     outcome: str = Field(default="", max_length=200)
+
+
+class IngestFailure(SQLModel, table=True):
+    """A mail whose storing failed for what it holds, counted by its bytes on every route,
+    so that after a few tries it goes to the quarantine instead of standing in front."""
+
+    raw_sha256: str = Field(primary_key=True, max_length=64)
+    tries: int = 0
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    first_at: datetime
+    last_at: datetime

@@ -153,6 +153,16 @@ def _ids(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(i for i in found if i.isprintable() and len(i) <= 900))
 
 
+# What one mail may ask the database about its thread: the first ids (the root end)
+# and the last (the nearest) of its References are enough to find the ticket
+# (RFC 5322 3.6.4); a header of 70,000 ids must not become a 70,000-term query.
+_THREAD_ENDS = 30
+
+
+def _ends(ids: tuple[str, ...]) -> tuple[str, ...]:
+    return ids if len(ids) <= 2 * _THREAD_ENDS else ids[:_THREAD_ENDS] + ids[-_THREAD_ENDS:]
+
+
 # A Q-encoded word in a display name may carry only letters, digits and "!*+-/=_"
 # (RFC 2047 5(3)); a hostile one carries ":", "@" or "," to smuggle in an address.
 _Q_WORD = re.compile(r"=\?[^?\s]+\?[qQ]\?[^?\s]*\?=")
@@ -387,8 +397,8 @@ def parse_mail(raw: bytes) -> ParsedMail:
         cc=_addresses(raw_all("cc")),
         reply_to=_addresses(raw_all("reply-to")),
         delivered_to=tuple(normalize(v) for v in every("delivered-to")),
-        in_reply_to=_ids(next(iter(every("in-reply-to")), "")),
-        references=tuple(ref for v in every("references") for ref in _ids(v)),
+        in_reply_to=_ends(_ids(next(iter(every("in-reply-to")), ""))),
+        references=_ends(tuple(ref for v in every("references") for ref in _ids(v))),
         text=text.replace("\r\n", "\n").replace("\x00", ""),
         html=html.replace("\x00", ""),
         attachments=tuple(walk.attachments),
