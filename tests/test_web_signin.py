@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlmodel import select
@@ -12,6 +13,7 @@ from sqlmodel import select
 from tests.harness import Relay
 from tests.helpdesk import HelpDesk, WebClient, helpdesk
 from tests.servers import free_port
+from tests.test_cli import run, write_config
 from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
@@ -235,3 +237,24 @@ def test_sign_in_mails_are_limited_per_address_and_per_client(
         assert _sent_to(hd, CAROL) == ["sign_in"] * 3  # the fourth: over the address limit
         # The client asked 5 times before Dan's second: only his first went.
         assert _sent_to(hd, "dan@client.test") == ["sign_in"]
+
+
+def test_a_disabled_account_is_signed_out_and_cannot_sign_in_again(
+    desks: Callable[..., Desk], relay: Relay, tmp_path: Path, database_url: str
+) -> None:
+    with helpdesk(_desk(desks, relay), relay) as hd:
+        hd.add_account(CAROL, password=PASSWORD)
+        client = WebClient(hd.url)
+        client.sign_in(CAROL, PASSWORD)
+        assert client.get("/requests")[0] == 200
+        disabled = run(write_config(tmp_path, database_url), "accounts", "disable", CAROL)
+        assert disabled.returncode == 0, disabled.stderr
+        assert client.get("/requests")[0] == 303
+        fresh = WebClient(hd.url)
+        status, _, body = fresh.post("/sign-in", {"csrf": fresh.token("/sign-in"), "email": CAROL,
+                                                  "password": PASSWORD}, {"Origin": hd.url})
+        assert status == 401 and b"do not match" in body
+        link = WebClient(hd.url)
+        link.post("/sign-in/link", {"csrf": link.token("/sign-in"), "email": CAROL},
+                  {"Origin": hd.url})
+        assert _sent_to(hd, CAROL) == []

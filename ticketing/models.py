@@ -87,7 +87,7 @@ class Participant(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     ticket_id: int = Field(foreign_key="ticket.id", index=True)
-    address: str = Field(max_length=320)
+    address: str = Field(max_length=320, index=True)  # a customer's own tickets, on the web
     name: str = Field(default="", max_length=200)
     role: str = Field(max_length=16)  # requester | cc | follower | agent
     active: bool = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from ticketing.accounts import CUSTOMER_ROLES
@@ -64,15 +65,16 @@ class TicketView:
 
 def my_tickets(session: Session, address: str, limit: int = 100, offset: int = 0) -> list[TicketLine]:
     """Tickets the address asked for or was copied on (or follows), newest activity first."""
-    rows = session.exec(
-        select(Ticket, Participant.role)
+    rows = session.execute(
+        sa_select(col(Ticket.id), col(Ticket.subject), col(Ticket.severity), col(Ticket.status),
+                  col(Participant.role), col(Ticket.updated_at))
         .join(Participant, col(Participant.ticket_id) == col(Ticket.id))
-        .where(Participant.address == address, col(Participant.role).in_(CUSTOMER_ROLES))
+        .where(col(Participant.address) == address, col(Participant.role).in_(CUSTOMER_ROLES))
         .order_by(col(Ticket.updated_at).desc(), col(Ticket.id).desc())
         .offset(offset).limit(limit)
     ).all()
-    return [TicketLine(t.id or 0, t.subject, Severity(t.severity), t.status, role, t.updated_at)
-            for t, role in rows]
+    return [TicketLine(number or 0, subject, Severity(severity), status, role, updated_at)
+            for number, subject, severity, status, role, updated_at in rows]
 
 
 def ticket_for(session: Session, address: str, number: int) -> Ticket | None:
@@ -95,8 +97,10 @@ def ticket_view(session: Session, settings: Settings, ticket: Ticket) -> TicketV
     ]
     if ticket.assignee and all(p.address != ticket.assignee for p in people):
         people.append(Person(ticket.assignee, agents.get(ticket.assignee, ""), "agent"))
-    messages = session.exec(
-        select(Message).where(Message.ticket_id == ticket.id, col(Message.kind).in_(PUBLIC_KINDS))
+    messages = session.execute(
+        sa_select(col(Message.id), col(Message.from_name), col(Message.from_address),
+                  col(Message.created_at), col(Message.text), col(Message.message_id))
+        .where(col(Message.ticket_id) == ticket.id, col(Message.kind).in_(PUBLIC_KINDS))
         .order_by(col(Message.id))
     ).all()
     files: dict[int, list[FileLine]] = {}
@@ -106,8 +110,8 @@ def ticket_view(session: Session, settings: Settings, ticket: Ticket) -> TicketV
     ).all():
         files.setdefault(a.message_pk, []).append(FileLine(a.id or 0, a.filename, a.content_type, a.size))
     thread = [
-        ThreadEntry(m.id or 0, m.from_name or m.from_address, m.from_address,
-                    m.from_address in agents, m.created_at, m.text, files.get(m.id or 0, []))
+        ThreadEntry(m.id, m.from_name or m.from_address, m.from_address,
+                    m.from_address in agents, m.created_at, m.text, files.get(m.id, []))
         for m in messages
     ]
     root = next((m.message_id for m in messages if m.message_id), "")
