@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from mailgate import exitcodes
 from ticketing.settings import ConfigError, Settings, load_settings
@@ -421,8 +421,15 @@ def _clear_bounce(session: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a wrong argument is one line and EX_USAGE (64), not usage text and 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(exitcodes.EX_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
+    root = _Parser(
         prog="mailgate",
         description="Email-ingest support ticketing: every support mail a ticket or a reply on one.",
     )

@@ -108,8 +108,8 @@ def test_lists_read_as_tables_of_addresses_and_filters_refuse_unknown_values(
     assert [line.split()[0] for line in only[1:]] == ["#1"]
     for wrong in (["--status", "opne"], ["--severity", "S7"], ["--assignee", "alice"]):
         refused = run(config, "tickets", "list", *wrong)
-        assert refused.returncode in (2, 64), wrong
-        assert "Traceback" not in refused.stderr.decode()
+        assert refused.returncode == 64, wrong
+        assert _one_line(refused).startswith("mailgate"), wrong
     outbox = run(config, "outbox", "list").stdout.decode()
     assert "[" not in outbox and "'" not in outbox
     assert "carol@customer.test, dave@customer.test, erin@customer.test" in outbox
