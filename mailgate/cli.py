@@ -336,10 +336,31 @@ def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
     if not ident.isdigit():
         print(f"mailgate: not an inbound id: {args.id}", file=sys.stderr)
         return 2
-    outcome = replay(desk, int(ident)) if args.action == "replay" else release(desk, int(ident))
+    try:
+        outcome = replay(desk, int(ident)) if args.action == "replay" else release(desk, int(ident))
+    except (LookupError, FileNotFoundError) as exc:  # no such mail, or its file is not here
+        print(f"mailgate: {args.id}: {exc}", file=sys.stderr)
+        return 1
     print(f"mailgate: {outcome.status}{f' #{outcome.ticket}' if outcome.ticket else ''} "
           f"{outcome.detail}")
     return 0 if outcome.status not in ("quarantined", "rejected") else 1
+
+
+def cmd_storage(settings: Settings, args: argparse.Namespace) -> int:
+    from ticketing.blobs import FolderBlobs, move_to_database
+
+    desk = _desk(settings)
+    folder = FolderBlobs(settings.storage_path / "blobs")
+    done = move_to_database(desk.engine, folder, remove=args.remove)
+    print(f"mailgate: {done.moved} file(s) copied from {folder.root} into the database, "
+          f"{done.present} there already{'; removed from the folder' if args.remove else ''}")
+    for sha256 in done.damaged:
+        print(f"mailgate: {folder.path(sha256)}: its bytes do not match its name; left "
+              "where it is", file=sys.stderr)
+    if settings.blob_store != "database":
+        print("mailgate: storage.blobs is \"folder\": set it to \"database\" to read and "
+              "write files there", file=sys.stderr)
+    return 1 if done.damaged else 0
 
 
 def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
@@ -493,6 +514,15 @@ def parser() -> argparse.ArgumentParser:
         action = actions.add_parser(name, help=help_text)
         action.add_argument("id")
         action.set_defaults(run=cmd_inbound)
+
+    storage = sub.add_parser("storage", help="where raw mail and attachments are kept")
+    storage_actions = storage.add_subparsers(dest="action", required=True)
+    migrate = storage_actions.add_parser(
+        "migrate-blobs", help="copy the files of storage.path/blobs into the database, "
+        "so every machine sharing it can read them")
+    migrate.add_argument("--remove", action="store_true",
+                         help="delete each file from the folder once it is in the database")
+    migrate.set_defaults(run=cmd_storage)
 
     for name in ("agents", "accounts"):
         people = sub.add_parser(name, help=f"list and add {name}").add_subparsers(

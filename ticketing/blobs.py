@@ -6,15 +6,16 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from sqlalchemy import Engine, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from ticketing.db import StorageError
+from ticketing.db import StorageError, transaction
 from ticketing.models import Blob, BlobChunk
 from ticketing.settings import Settings
 
@@ -117,7 +118,7 @@ class FolderBlobs:
         try:
             handle = open(self.path(sha256), "rb")  # closed by _read, when it is read through
         except FileNotFoundError as exc:
-            raise MissingBlob(f"no stored file {sha256}") from exc
+            raise MissingBlob(f"no stored file {sha256} in {self.root}") from exc
         return _read(handle)
 
     def get(self, sha256: str) -> bytes:
@@ -182,9 +183,10 @@ class DatabaseBlobs:
             size = connection.execute(
                 select(Blob.size).where(col(Blob.sha256) == sha256)).scalar()
         if size is None:
-            if self.fallback is not None:
+            if self.fallback is not None and self.fallback.has(None, sha256):
                 return self.fallback.chunks(sha256)
-            raise MissingBlob(f"no stored file {sha256}")
+            raise MissingBlob(f"no stored file {sha256} in the database (on a machine that "
+                              "keeps it in its folder, run `mailgate storage migrate-blobs`)")
         return self._pieces(sha256)
 
     def _pieces(self, sha256: str) -> Iterator[bytes]:
@@ -218,6 +220,47 @@ def clean_temporary(root: Path, before: datetime) -> int:
         except FileNotFoundError:  # another process cleaned or finished it
             continue
     return removed
+
+
+@dataclass(frozen=True)
+class Moved:
+    moved: int = 0
+    present: int = 0  # in the database already
+    damaged: tuple[str, ...] = ()  # files whose bytes no longer match their name: left
+
+
+def move_to_database(engine: Engine, folder: FolderBlobs, *, remove: bool = False) -> Moved:
+    """Copy each file of the folder into the database, one transaction a file, checking
+    its hash on the way; with `remove`, delete each file once its copy is committed."""
+    database = DatabaseBlobs(engine)
+    moved = present = 0
+    damaged: list[str] = []
+    for sha256, path in folder.stored():
+        hasher = hashlib.sha256()
+
+        def pieces(path: Path = path, hasher: Any = hasher) -> Iterator[bytes]:
+            with open(path, "rb") as handle:
+                while piece := handle.read(CHUNK):
+                    hasher.update(piece)
+                    yield piece
+
+        try:
+            with transaction(engine) as session:
+                added = database.put_pieces(session, sha256, path.stat().st_size, pieces())
+                if added and hasher.hexdigest() != sha256:
+                    raise _Damaged(sha256)
+        except _Damaged:
+            damaged.append(sha256)
+            continue
+        moved += added
+        present += not added
+        if remove:
+            path.unlink()
+    return Moved(moved, present, tuple(damaged))
+
+
+class _Damaged(Exception):
+    pass
 
 
 def _fsync_folder(folder: Path) -> None:
