@@ -140,6 +140,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.agents.addresses and settings.agents.trust == "none":
         log.warning("agents.trust is \"none\": mail claiming to be from an agent address is "
                     "believed without authentication (see README: agent authentication)")
+    if settings.agents.trust == "authentication-results" and not settings.smtp.trusted_relays:
+        log.warning("agents.trust is \"authentication-results\" and smtp.trusted_relays is "
+                    "empty: Authentication-Results on mail to the SMTP listener are ignored "
+                    "(only the pipe and IMAP routes are believed)")
     from ticketing.compose import Templates
 
     problem = Templates(settings).problem()

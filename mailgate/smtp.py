@@ -53,6 +53,7 @@ class SupportHandler:
             envelope_sender=envelope.mail_from or "<>",  # MAIL FROM:<> (a bounce)
             envelope_recipients=tuple(envelope.rcpt_tos),
             authenticated=bool(getattr(session, "authenticated", False)),
+            peer=session.peer[0] if isinstance(session.peer, tuple) else "",
         )
         loop = asyncio.get_running_loop()
         try:

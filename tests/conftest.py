@@ -14,6 +14,7 @@ from tests.servers import free_port, postgres_url, scratch_database
 from ticketing.clock import Clock, FixedClock
 from ticketing.db import make_engine, migrate
 from ticketing.desk import Desk
+from ticketing.dkimcheck import TxtLookup
 from ticketing.settings import Settings, settings_from_mapping
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -85,8 +86,10 @@ def desks(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Desk]]:
     """Make desks on this test's database with settings sections as in TOML; closed after."""
     made: list[Desk] = []
 
-    def make(clock: Clock | None = None, **sections: dict[str, object]) -> Desk:
-        desk = Desk.create(make_settings(tmp_path, database_url, **sections), clock=clock)
+    def make(clock: Clock | None = None, txt_lookup: TxtLookup | None = None,
+             **sections: dict[str, object]) -> Desk:
+        desk = Desk.create(make_settings(tmp_path, database_url, **sections), clock=clock,
+                           txt_lookup=txt_lookup)
         made.append(desk)
         return desk
 

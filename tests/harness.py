@@ -142,11 +142,13 @@ def serving(desk: Desk) -> Iterator[int]:
 
 
 def send(port: int, message: EmailMessage | bytes, sender: str = "",
-         recipients: list[str] | None = None) -> dict[str, tuple[int, bytes]]:
+         recipients: list[str] | None = None, source: str = "127.0.0.1",
+         ) -> dict[str, tuple[int, bytes]]:
     """Hand a mail to mailgate as the customer's mail server does: the envelope names only
-    our address (the other To/Cc people get their copies from that server directly)."""
+    our address (the other To/Cc people get their copies from that server directly).
+    `source`: the client's own loopback address (127.0.0.2 is "not our border host")."""
     recipients = recipients or ["support@example.com"]
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(source, 0)) as client:
         if isinstance(message, bytes):
             return client.sendmail(sender, recipients, message)
         return client.send_message(message, from_addr=sender or None, to_addrs=recipients)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -49,6 +50,18 @@ def self_signed_certificate(folder: Path, name: str) -> tuple[Path, Path]:
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=60)
     return cert, key
+
+
+def dkim_key(folder: Path, name: str) -> tuple[bytes, bytes]:
+    """An RSA key for DKIM made with openssl: (its PEM, the TXT record that publishes it)."""
+    if shutil.which("openssl") is None:
+        missing("openssl is not installed (Debian package openssl)")
+    key = folder / f"{name}.pem"
+    subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(key), "2048"],
+                   check=True, capture_output=True, timeout=60)
+    public = subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"],
+                            check=True, capture_output=True, timeout=60).stdout
+    return key.read_bytes(), b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
 
 POSTGRES_URL = os.environ.get("MAILGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

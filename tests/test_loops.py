@@ -203,7 +203,8 @@ def _agent_reply(number: int, desk: Desk, authentication: str | None) -> bytes:
 
 
 def test_forged_agent_gets_no_agent_power(desks: Callable[..., Desk], relay: Relay) -> None:
-    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+    desk = desks(smtp={"port": free_port(), "trusted_relays": ["127.0.0.1"]},
+                 outbound={"relay": relay.address},
                  agents={"addresses": [ALICE], "trust": "authentication-results",
                          "trusted_authserv_id": "mx.example.com"})
     with serving(desk) as port:
@@ -279,7 +280,8 @@ def test_an_abuse_complaint_about_our_mail_stops_mail_to_the_complainant(
     desks: Callable[..., Desk], relay: Relay, copied: bool, named: str, sender: str,
     agents: dict[str, str], headers: str, stopped: set[str],
 ) -> None:
-    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+    desk = desks(smtp={"port": free_port(), "trusted_relays": ["127.0.0.1"]},
+                 outbound={"relay": relay.address},
                  support={"feedback_loops": ["provider.test"]}, agents=agents)
     readers = ["grumpy@customer.test", "colleague@customer.test"] if copied else [
         "grumpy@customer.test"]

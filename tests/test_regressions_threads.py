@@ -44,8 +44,9 @@ def _desk(desks: Callable[..., Desk], relay: Relay, clock: FixedClock | None = N
           **sections: dict[str, object]) -> Desk:
     agents: dict[str, object] = {"addresses": [ALICE, BOB]}
     agents.update(sections.pop("agents", {}))
-    return desks(clock=clock, smtp={"port": free_port()}, outbound={"relay": relay.address},
-                 agents=agents, **sections)
+    # The test's own client stands in for the border host that writes Authentication-Results.
+    return desks(clock=clock, smtp={"port": free_port(), "trusted_relays": ["127.0.0.1"]},
+                 outbound={"relay": relay.address}, agents=agents, **sections)
 
 
 def _tickets(desk: Desk) -> list[Ticket]:

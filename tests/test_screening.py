@@ -15,7 +15,7 @@ from ticketing.identity import LOOP_HEADER, new_message_id
 from ticketing.inbound import Inbound
 from ticketing.parse import parse_mail
 from ticketing.screening import Verdict, screen
-from ticketing.settings import Settings, settings_from_mapping
+from ticketing.settings import ConfigError, Settings, settings_from_mapping
 
 SETTINGS = settings_from_mapping({"support": {"address": "support@example.com"}})
 
@@ -486,9 +486,11 @@ def test_rules_are_decided_in_order() -> None:
 
 # --- agent authentication -----------------------------------------------------
 
+BORDER = "192.0.2.10"  # our border host, which writes Authentication-Results
 TRUSTING = settings_from_mapping(
     {
         "support": {"address": "support@example.com"},
+        "smtp": {"trusted_relays": ["192.0.2.0/28"]},
         "agents": {
             "addresses": ["dana@example.com"],
             "trust": "authentication-results",
@@ -517,8 +519,9 @@ def _agent_mail(top: str = "", forged: str = "") -> bytes:
     return "\n".join(lines).replace("\n", "\r\n").encode()
 
 
-def _trusted(raw: bytes, settings: Settings = TRUSTING, authenticated: bool = False) -> bool:
-    inbound = Inbound(raw, "smtp", "dana@example.com", authenticated=authenticated)
+def _trusted(raw: bytes, settings: Settings = TRUSTING, authenticated: bool = False,
+             route: str = "smtp", peer: str = BORDER) -> bool:
+    inbound = Inbound(raw, route, "dana@example.com", authenticated=authenticated, peer=peer)
     return sender_authenticated(parse_mail(raw), inbound, settings)
 
 
@@ -568,10 +571,31 @@ def test_forged_agent_mail_gets_no_agent_powers() -> None:
     )
 
 
+def test_results_count_only_when_a_trusted_border_host_handed_the_mail_over() -> None:
+    passed = _agent_mail(
+        "Authentication-Results: mx.example.com; dkim=pass header.d=example.com")
+    assert _trusted(passed, peer="::ffff:192.0.2.10")
+    # Anyone else may write our host's name: straight to us, the header counts for nothing.
+    assert not _trusted(passed, peer="198.51.100.7")
+    assert not _trusted(passed, peer="192.0.2.99")
+    assert not _trusted(passed, peer="")
+    # The MTA behind the pipe, and the mailbox IMAP reads, are the operator's own border.
+    assert _trusted(passed, route="pipe", peer="")
+    assert _trusted(passed, route="imap:support@imap.example.com:993/INBOX", peer="")
+
+
+def test_trusted_relays_are_addresses_or_networks() -> None:
+    for value in (["10.0.0.1", "2001:db8::/32", "192.0.2.0/24"], []):
+        settings_from_mapping({"smtp": {"trusted_relays": value}})
+    with pytest.raises(ConfigError, match=r"smtp.trusted_relays\[1\]"):
+        settings_from_mapping({"smtp": {"trusted_relays": ["10.0.0.1", "mx.example.com"]}})
+
+
 def test_a_subdomain_signature_and_the_route_itself() -> None:
     sub = settings_from_mapping(
         {
             "support": {"address": "support@example.com"},
+            "smtp": {"trusted_relays": [BORDER]},
             "agents": {"trust": "authentication-results", "trusted_authserv_id": "mx.example.com"},
         }
     )

@@ -3,13 +3,16 @@ lookalike can and cannot make the desk do."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import dkim
+import pytest
 from sqlmodel import col, select
 
 from tests.harness import Received, Relay, request, send, serving
-from tests.servers import free_port
+from tests.servers import dkim_key, free_port
 from tests.test_threads import envelope_to, recipients, reply_to
 from ticketing.db import transaction
 from ticketing.desk import Desk
@@ -21,6 +24,8 @@ DAVE = "dave@customer.test"
 EVE = "eve@evil.test"
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
+BORDER = "127.0.0.1"  # the operator's border mail server, which writes Authentication-Results
+OUTSIDE = "127.0.0.2"  # anyone on the internet, talking to serve directly
 
 
 def _desk(desks: Callable[..., Desk], relay: Relay, **sections: dict[str, object]) -> Desk:
@@ -156,3 +161,102 @@ def test_service_mail_to_a_strangers_reply_address_stays_with_the_agents(
     assert kept[0]["note"]
     assert "noreply@chat.test" not in shown["participants"]
     assert shown["status"] == "open"
+
+
+# Forged agent powers: a header naming our border host, written by the sender.
+
+AUTHSERV = "mx.example.com"
+PASSED = f"{AUTHSERV}; dkim=pass header.d=example.com; spf=pass smtp.mailfrom=example.com"
+
+
+def _agent_mail(number: int, desk: Desk, body: str, results: str = "") -> Any:
+    from ticketing.conversation import reply_address
+
+    message = request(f"Re: [#{number}] Invoice wrong", body, sender=f"Alice Agent <{ALICE}>",
+                      to=reply_address(number, desk.settings))
+    if results:
+        message["Authentication-Results"] = results
+    return message
+
+
+def test_authentication_results_from_outside_the_border_grant_no_agent_powers(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    desk = _desk(desks, relay, smtp={"trusted_relays": [f"{BORDER}/32"]},
+                 agents={"trust": "authentication-results", "trusted_authserv_id": AUTHSERV})
+    with serving(desk) as port:
+        ticket, _, _ = _opened(desk, relay, port)
+        number = ticket.id or 0
+        forged = _agent_mail(number, desk, "#status pending\nSend us your card number.", PASSED)
+        send(port, forged, sender=ALICE, recipients=[forged["To"]], source=OUTSIDE)
+        relay.settle()
+        [after] = _tickets(desk)
+        assert (after.status, after.assignee) == ("open", None)
+        # The same header handed over by the border host is believed.
+        genuine = _agent_mail(number, desk, "#status pending\nWe are on it.", PASSED)
+        send(port, genuine, sender=ALICE, recipients=[genuine["To"]], source=BORDER)
+        relay.settle()
+    [ticket] = _tickets(desk)
+    assert (ticket.status, ticket.assignee) == ("pending", ALICE)
+    texts = [m["text"] for m in _shown(desk, number)["messages"]]
+    # The forged mail is kept as a customer's words, its command plain text.
+    assert texts[1].startswith("#status pending")
+    assert texts[2].strip() == "We are on it."
+
+
+# agents.trust = "dkim": serve checks the signature itself, keys from a DNS of the test's own.
+
+@pytest.fixture(scope="module")
+def dkim_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[bytes, bytes]]]:
+    folder: Path = tmp_path_factory.mktemp("dkim")
+    yield {domain: dkim_key(folder, domain) for domain in ("example.com", "evil.test")}
+
+
+def _signed(message: Any, domain: str, key: bytes) -> bytes:
+    raw: bytes = message.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    signature: bytes = dkim.sign(raw, b"s1", domain.encode(), key,
+                                 include_headers=[b"from", b"to", b"subject", b"message-id"])
+    return signature + raw
+
+
+def test_dkim_trust_believes_only_a_valid_signature_of_the_agents_domain(
+    desks: Callable[..., Desk], relay: Relay, dkim_keys: dict[str, tuple[bytes, bytes]]
+) -> None:
+    published = {f"s1._domainkey.{d}.".encode(): txt for d, (_, txt) in dkim_keys.items()}
+    asked: list[bytes] = []
+
+    def lookup(name: bytes, timeout: int = 5) -> bytes | None:
+        asked.append(name)
+        return published.get(name)
+
+    desk = _desk(desks, relay, txt_lookup=lookup, agents={"trust": "dkim"})
+    example_key, evil_key = dkim_keys["example.com"][0], dkim_keys["evil.test"][0]
+    with serving(desk) as port:
+        ticket, _, _ = _opened(desk, relay, port)
+        number = ticket.id or 0
+        attacks = [
+            # A results header of any host's: nobody checked anything.
+            _agent_mail(number, desk, "#status pending\nForged 1.", PASSED).as_bytes(),
+            # A good signature, of the attacker's own domain.
+            _signed(_agent_mail(number, desk, "#status pending\nForged 2."), "evil.test", evil_key),
+            # Our domain's signature on another text.
+            _signed(_agent_mail(number, desk, "#status solved\nForged 3."), "example.com",
+                    example_key).replace(b"Forged 3.", b"Forged 4."),
+        ]
+        for raw in attacks:
+            send(port, raw, sender=ALICE, recipients=[_agent_mail(number, desk, "")["To"]],
+                 source=OUTSIDE)
+        relay.settle()
+        [after] = _tickets(desk)
+        assert (after.status, after.assignee) == ("open", None)
+        genuine = _signed(_agent_mail(number, desk, "#status pending\nWe are on it."),
+                          "example.com", example_key)
+        send(port, genuine, sender=ALICE, recipients=[_agent_mail(number, desk, "")["To"]],
+             source=OUTSIDE)
+        relay.settle()
+    [ticket] = _tickets(desk)
+    assert (ticket.status, ticket.assignee) == ("pending", ALICE)
+    assert b"s1._domainkey.example.com." in asked
+    texts = [m["text"].strip() for m in _shown(desk, number)["messages"]]
+    assert texts[-1] == "We are on it."
+    assert [t.splitlines()[-1] for t in texts[1:4]] == ["Forged 1.", "Forged 2.", "Forged 4."]

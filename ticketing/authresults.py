@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ticketing.inbound import Inbound
 from ticketing.parse import ParsedMail
 from ticketing.settings import Settings
+
+log = logging.getLogger(__name__)
 
 _COMMENT = re.compile(r"\([^()]*\)")
 _TOKEN = re.compile(r';|([A-Za-z][\w.-]*(?:/\d+)?)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s;]*)')
@@ -66,15 +71,47 @@ def aligned(domain: str, from_domain: str) -> bool:
     return bool(domain) and (from_domain == domain or from_domain.endswith("." + domain))
 
 
-def sender_authenticated(mail: ParsedMail, inbound: Inbound, settings: Settings) -> bool:
+def from_trusted_border(inbound: Inbound, settings: Settings) -> bool:
+    """Whether the host that handed us the mail is a border host of ours, whose
+    Authentication-Results are worth believing: the MTA behind the pipe or the IMAP
+    mailbox, or an SMTP client listed in smtp.trusted_relays."""
+    if inbound.route == "pipe" or inbound.route.startswith("imap"):
+        return True
+    try:
+        peer = ipaddress.ip_address(inbound.peer.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped
+    return any(peer in ipaddress.ip_network(network, strict=False)
+               for network in settings.smtp.trusted_relays)
+
+
+def sender_authenticated(
+    mail: ParsedMail, inbound: Inbound, settings: Settings, dkim_signers: Iterable[str] = ()
+) -> bool:
     """Whether the From address can be believed: enough to grant agent powers, or to
-    let an abuse report stop mail (agents.trust says how it is checked)."""
+    let an abuse report stop mail (agents.trust says how it is checked). With "dkim",
+    `dkim_signers` are the domains whose signature on the mail verified here."""
     if inbound.authenticated or settings.agents.trust == "none":
         return True
-    if settings.agents.trust != "authentication-results" or mail.sender is None:
+    if mail.sender is None:
+        return False
+    from_domain = _domain_of(mail.sender.address)
+    if settings.agents.trust == "dkim":
+        return any(aligned(domain, from_domain) for domain in dkim_signers)
+    if settings.agents.trust != "authentication-results":
         return False
     trusted = settings.agents.trusted_authserv_id.lower()
-    from_domain = _domain_of(mail.sender.address)
+    if not from_trusted_border(inbound, settings):
+        # Anyone can write a header naming our border host: only a host we trust
+        # handing the mail over makes it our border host's (RFC 8601 section 5).
+        if any(parse_authentication_results(value)[0] == trusted
+               for value in mail.header_all("authentication-results")):
+            log.warning("<%s> Authentication-Results naming %s, handed over by %s (not in "
+                        "smtp.trusted_relays): ignored", mail.message_id, trusted,
+                        inbound.peer or inbound.route)
+        return False
     # Only the topmost Authentication-Results header from the trusted host counts.
     # Each hop prepends its header fields, so the one our border host wrote sits
     # above everything the sender sent; a forger can write a header with our

@@ -12,6 +12,7 @@ from ticketing.blobs import BlobStore, blob_store
 from ticketing.clock import Clock, SystemClock
 from ticketing.compose import Templates
 from ticketing.db import make_engine
+from ticketing.dkimcheck import TxtLookup
 from ticketing.inbound import Inbound, Outcome
 from ticketing.settings import Settings, ensure_secret
 
@@ -28,10 +29,13 @@ class Desk:
     # Called after each commit that queued mail (and whether it queued pages too), so
     # the workers start at once.
     on_commit: list[Callable[[bool], None]] = field(default_factory=list)
+    # Where DKIM keys are looked up (agents.trust = "dkim"); None: the system's DNS.
+    txt_lookup: TxtLookup | None = None
 
     @classmethod
     def create(
-        cls, settings: Settings, engine: Engine | None = None, clock: Clock | None = None
+        cls, settings: Settings, engine: Engine | None = None, clock: Clock | None = None,
+        txt_lookup: TxtLookup | None = None,
     ) -> Desk:
         settings = ensure_secret(settings)
         engine = engine or make_engine(settings.database)
@@ -41,6 +45,7 @@ class Desk:
             clock=clock or SystemClock(),
             blobs=blob_store(settings, engine),
             templates=Templates(settings),
+            txt_lookup=txt_lookup,
         )
 
     def ingest(self, inbound: Inbound) -> Outcome:

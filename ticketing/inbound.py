@@ -15,6 +15,8 @@ class Inbound:
     envelope_recipients: tuple[str, ...] = ()
     # True when the route itself vouches for the sender (SMTP AUTH, a trusted IMAP box).
     authenticated: bool = False
+    # The SMTP client's IP address: whether a border host we trust handed the mail over.
+    peer: str = ""
 
 
 @dataclass(frozen=True)

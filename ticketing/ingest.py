@@ -13,10 +13,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from ticketing import oncall
+from ticketing.authresults import sender_authenticated
 from ticketing.db import StorageError, transaction
+from ticketing.dkimcheck import verified_signers
 from ticketing.inbound import Inbound, Outcome
 from ticketing.models import IngestFailure, Message, Quarantine
 from ticketing.parse import ParsedMail, parse_mail
+from ticketing.participants import agent_addresses
 from ticketing.screening import Verdict, screen
 from ticketing.tickets import (
     StoredFile,
@@ -58,10 +61,12 @@ def ingest(desk: Desk, inbound: Inbound) -> Outcome:
     raw_sha256 = hashlib.sha256(inbound.raw).hexdigest()
     files = stored_files(mail)
     label = mail.message_id or raw_sha256[:16]
+    believed = _believed(desk, inbound, mail, verdict)
     for attempt in range(3):
         try:
             with transaction(desk.engine) as session:
-                outcome = _record(session, desk, inbound, mail, key, raw_sha256, files, verdict)
+                outcome = _record(session, desk, inbound, mail, key, raw_sha256, files, verdict,
+                                  believed)
                 outcome = replace(outcome, pages=oncall.queued(session))
             break
         except IntegrityError as exc:
@@ -112,9 +117,30 @@ def _failed_try(
     return quarantine(desk, inbound, fault)
 
 
+def _believed(desk: Desk, inbound: Inbound, mail: ParsedMail, verdict: Verdict) -> bool:
+    """Whether the From address can be believed (agents.trust). A DKIM key is looked up
+    here, outside any transaction, and only for mail whose From it matters for: an agent
+    address, or an abuse report."""
+    settings = desk.settings
+    signers: tuple[str, ...] = ()
+    sender = mail.sender.address if mail.sender else ""
+    if settings.agents.trust == "dkim" and sender and not inbound.authenticated and (
+        verdict.rule == "feedback-report" or _is_agent(desk, sender)
+    ):
+        signers = verified_signers(inbound.raw, desk.txt_lookup)
+    return sender_authenticated(mail, inbound, settings, signers)
+
+
+def _is_agent(desk: Desk, address: str) -> bool:
+    if address in {a.lower() for a in desk.settings.agents.addresses}:
+        return True
+    with transaction(desk.engine) as session:
+        return address in agent_addresses(session, desk.settings)
+
+
 def _record(
     session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, key: str,
-    raw_sha256: str, files: list[StoredFile], verdict: Verdict,
+    raw_sha256: str, files: list[StoredFile], verdict: Verdict, believed: bool,
 ) -> Outcome:
     existing = session.exec(select(Message).where(Message.dedupe_key == key)).first()
     if existing is not None:
@@ -139,8 +165,8 @@ def _record(
         created_at=desk.clock.now(),
     )
     if verdict.kind != "human":
-        return file_classified(session, desk, inbound, mail, message, files, verdict)
-    return file_reply(session, desk, inbound, mail, message, files) or open_or_hold(
+        return file_classified(session, desk, inbound, mail, message, files, verdict, believed)
+    return file_reply(session, desk, inbound, mail, message, files, believed) or open_or_hold(
         session, desk, inbound, mail, message, files
     )
 
@@ -154,6 +180,7 @@ def quarantine(desk: Desk, inbound: Inbound, exc: BaseException) -> Outcome:
         "sender": inbound.envelope_sender,
         "recipients": list(inbound.envelope_recipients),
         "authenticated": inbound.authenticated,
+        "peer": inbound.peer,
     }
     with transaction(desk.engine) as session:
         desk.blobs.put(session, raw_sha256, inbound.raw)
@@ -183,7 +210,7 @@ def replay(desk: Desk, quarantine_id: int) -> Outcome:
     outcome = ingest(
         desk,
         Inbound(raw, route, envelope.get("sender", ""), tuple(envelope.get("recipients", ())),
-                bool(envelope.get("authenticated"))),
+                bool(envelope.get("authenticated")), str(envelope.get("peer", ""))),
     )
     if outcome.status != "quarantined":
         with transaction(desk.engine) as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -54,6 +55,8 @@ class SmtpSettings:
     max_connections_per_client: int = 20
     tls_cert: str = ""
     tls_key: str = ""
+    # Border mail servers (addresses or networks) whose Authentication-Results we believe.
+    trusted_relays: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -340,10 +343,16 @@ def settings_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> 
     agents: AgentSettings = values.get("agents", AgentSettings())
     for i, address in enumerate(agents.addresses):
         _check_address(f"agents.addresses[{i}]", address)
-    if agents.trust not in ("none", "authentication-results"):
-        raise ConfigError("agents.trust: must be \"none\" or \"authentication-results\"")
+    if agents.trust not in ("none", "authentication-results", "dkim"):
+        raise ConfigError("agents.trust: must be \"none\", \"authentication-results\" or \"dkim\"")
     if agents.trust == "authentication-results" and not agents.trusted_authserv_id:
         raise ConfigError("agents.trusted_authserv_id: required when agents.trust is set")
+    smtp: SmtpSettings = values.get("smtp", SmtpSettings())
+    for i, network in enumerate(smtp.trusted_relays):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"smtp.trusted_relays[{i}]: not an address or network: {network!r}") from exc
     hours: HoursSettings = values.get("hours", HoursSettings())
     _check_hours(hours)
     web: WebSettings = values.get("web", WebSettings())

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from ticketing import notifications, oncall
 from ticketing.addresses import Address, normalize
-from ticketing.authresults import aligned, sender_authenticated
+from ticketing.authresults import aligned
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
 from ticketing.conversation import clean_subject, find_ticket, is_ours
 from ticketing.dsn import read_complaint
@@ -109,9 +109,10 @@ def _copied(
 
 def file_classified(
     session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, message: Message,
-    files: list[StoredFile], verdict: Verdict,
+    files: list[StoredFile], verdict: Verdict, believed: bool,
 ) -> Outcome:
-    """Auto-replies, bounces, list mail, our own echo: stored and classified, never answered."""
+    """Auto-replies, bounces, list mail, our own echo: stored and classified, never answered.
+    `believed`: the From address passed the agents.trust check."""
     sender = mail.sender.address if mail.sender else ""
     match = find_ticket(session, mail, inbound, desk.settings, sender)
     ticket = match.ticket if match else None
@@ -127,7 +128,7 @@ def file_classified(
     if verdict.kind == "bounce" and verdict.permanent:
         _bounced(session, desk, came_back, verdict, mail.message_id)
     if verdict.rule == "feedback-report":
-        _complaint(session, desk, inbound, mail, inbound.raw)
+        _complaint(session, desk, inbound, mail, inbound.raw, believed)
     number = ticket.id if ticket else None
     return Outcome("classified", number, message.id, f"{verdict.kind} ({verdict.rule})")
 
@@ -159,7 +160,8 @@ def _bounced(
 
 
 def _complaint(
-    session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, raw: bytes
+    session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, raw: bytes,
+    believed: bool,
 ) -> None:
     """Someone marked a mail of ours as spam: no more mail to them until an operator
     clears it. Only for a report from a feedback loop we signed up for (its From
@@ -171,7 +173,7 @@ def _complaint(
         return
     domain = mail.sender.address.rpartition("@")[2] if mail.sender else ""
     listed = any(aligned(loop.lower(), domain) for loop in desk.settings.support.feedback_loops)
-    if not listed or not sender_authenticated(mail, inbound, desk.settings):
+    if not listed or not believed:
         log.info("abuse report on <%s> from %s: not a feedback loop of ours (support."
                  "feedback_loops), or not authenticated; stopping nobody",
                  complaint.message_id, mail.sender.address if mail.sender else "nobody")
@@ -324,14 +326,15 @@ def _escalation(
 
 def file_reply(
     session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, message: Message,
-    files: list[StoredFile],
+    files: list[StoredFile], believed: bool,
 ) -> Outcome | None:
-    """A mail on an existing ticket; None when it belongs to no ticket."""
+    """A mail on an existing ticket; None when it belongs to no ticket. `believed`: the
+    From address passed the agents.trust check."""
     sender = _sender(mail, inbound)
     if sender is None:
         return None
     agents = agent_addresses(session, desk.settings)
-    is_agent = sender.address in agents and sender_authenticated(mail, inbound, desk.settings)
+    is_agent = sender.address in agents and believed
     match = find_ticket(session, mail, inbound, desk.settings, sender.address, is_agent,
                         unverified_agent=sender.address in agents and not is_agent)
     if match is None:
