@@ -6,12 +6,14 @@ import asyncio
 import logging
 import os
 import select
+import socket
 import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from datetime import timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -40,13 +42,33 @@ Ingest = Callable[[Inbound], Outcome]
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (IMAPClientError, OSError, EOFError)
 
 TIMEOUT = 60.0  # seconds for connecting and for each server answer
-HALT_CHECK = 0.5  # how often a waiting fetcher looks whether it should stop
 LEASE_MIN = 120.0  # seconds a fetcher holds its mailbox past each pass, at the least
 # The longest wait between passes; IDLE is issued again after it, well inside the
 # 29 minutes after which a server may log us off (RFC 2177 section 3).
 MAX_WAIT = 300.0
 STANDBY = 60.0  # at most this long between looks at a mailbox another fetcher holds
 TOKEN_COMMAND_TIMEOUT = 60.0
+
+
+class Halt(threading.Event):
+    """A fetcher's stop flag that a wait in select() sees at once: setting it also makes
+    a socket of its own readable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reader, self._writer = socket.socketpair()
+
+    def set(self) -> None:
+        super().set()
+        with suppress(OSError):
+            self._writer.send(b"\0")
+
+    def fileno(self) -> int:
+        return self._reader.fileno()
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
 
 
 def mailbox_password(box: ImapMailbox, env: Mapping[str, str] | None = None) -> str:
@@ -352,7 +374,7 @@ class ImapFetcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch, then wait for new mail (IDLE, or polling) until stop is set; reconnect on loss."""
-        halt = threading.Event()
+        halt = Halt()
         loop = asyncio.get_running_loop()
         # A thread of its own: the blocking client never holds up the event loop, and a
         # fetcher waiting in IDLE never takes a slot in the loop's shared executor.
@@ -364,9 +386,12 @@ class ImapFetcher:
             finally:
                 halt.set()
                 stopper.cancel()
-                await worker
+                try:
+                    await worker
+                finally:
+                    halt.close()
 
-    def _serve(self, halt: threading.Event) -> None:
+    def _serve(self, halt: Halt) -> None:
         failures = 0
         try:
             while not halt.is_set():
@@ -410,7 +435,7 @@ class ImapFetcher:
         """Exponential backoff with jitter, so many fetchers do not reconnect in step."""
         return backoff(failures, self.reconnect_base, self.reconnect_cap, (0.5, 1.0))
 
-    def _wait_for_mail(self, halt: threading.Event) -> None:
+    def _wait_for_mail(self, halt: Halt) -> None:
         """Return when new mail may be there: IDLE where the server has it, else a poll."""
         # Even with IDLE, look again every poll_interval: a notice that arrives with the
         # IDLE continuation is read into the client's buffer where select() cannot see it.
@@ -429,8 +454,8 @@ class ImapFetcher:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            readable, _, _ = select.select([sock], [], [], min(HALT_CHECK, remaining))
-            if not readable:
+            readable, _, _ = select.select([sock, halt], [], [], remaining)
+            if sock not in readable:
                 continue
             responses = client.idle_check(timeout=0)
             if not responses:

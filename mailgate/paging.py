@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from mailgate.backoff import backoff
 from mailgate.hooks import HTTP_TIMEOUT, Hook, Outcome, hooks_for
+from mailgate.waiting import first_of
 from ticketing.clock import Clock
 from ticketing.compose import Templates
 from ticketing.db import StorageError, transaction
@@ -232,13 +233,7 @@ async def run_paging(
             log.warning("paging worker: the database is not answering: %s", exc)
         except Exception:
             log.exception("paging worker: a pass failed")
-        waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
-        _, pending = await asyncio.wait(
-            waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await first_of(stop, wake, timeout=interval)
 
 
 def retry_page(

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from mailgate.outbound import deliver_due, transport_for
 from mailgate.paging import run_paging, worker_name
+from mailgate.waiting import first_of
 from ticketing.blobs import clean_temporary
 from ticketing.desk import Desk
 
@@ -28,7 +29,8 @@ class CannotListen(Exception):
 
 
 async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) -> None:
-    """Send due mail as soon as a commit queues it, and check every second for retries."""
+    """Send due mail as soon as a commit queues it, and check every second for retries;
+    return as soon as stop is set (a pass under way finishes first)."""
     transport = transport_for(desk)
     worker = worker_name()
     loop = asyncio.get_running_loop()
@@ -41,10 +43,7 @@ async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) 
             sent = 0
         if sent:
             continue
-        try:
-            await asyncio.wait_for(wake.wait(), timeout=1.0)
-        except TimeoutError:
-            pass
+        await first_of(stop, wake, timeout=1.0)
 
 
 async def serve(
