@@ -15,9 +15,43 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from sqlalchemy import Engine, or_
+from sqlmodel import col, select
 
 from tests.servers import free_port
+from ticketing.clock import Clock, SystemClock
+from ticketing.db import transaction
 from ticketing.desk import Desk
+from ticketing.models import Outbox, Page
+
+# The desks whose `serve` runs now in this process (see serving()).
+_serving: list[Desk] = []
+
+
+def busy(engine: Engine, clock: Clock) -> bool:
+    """Whether mail or a page is still to be sent now: due, or being sent."""
+    now = clock.now()
+    with transaction(engine) as session:
+        for table in (Outbox, Page):
+            waiting = session.exec(select(table.id).where(
+                col(table.status) == "pending",
+                or_(col(table.next_attempt_at) <= now, col(table.claimed_until).is_not(None)),
+            ).limit(1)).first()
+            if waiting is not None:
+                return True
+    return False
+
+
+def wait_until_sent(engine: Engine, clock: Clock | None = None, timeout: float = 30.0) -> None:
+    """Return once the workers serving this database have sent every mail and page that
+    is due: each has reached its relay or hook, or waits for a later attempt (on `clock`,
+    the serving desk's). Fails after `timeout` seconds."""
+    clock = clock or SystemClock()
+    deadline = time.monotonic() + timeout
+    while busy(engine, clock):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"mail or pages still unsent after {timeout} s")
+        time.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -78,18 +112,30 @@ class Relay:
 
     def wait_for(self, count: int, timeout: float = 10.0,
                  where: Callable[[Received], bool] = lambda r: True) -> list[Received]:
-        """The received mails that match, once there are at least `count` of them."""
+        """The received mails that match, once there are at least `count` of them; fails
+        the test when they have not all come within `timeout` seconds."""
         deadline = time.monotonic() + timeout
         with self._sink.changed:
             while True:
                 found = [r for r in self._sink.received if where(r)]
                 remaining = deadline - time.monotonic()
-                if len(found) >= count or remaining <= 0:
+                if len(found) >= count:
                     return found
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"{len(found)} of {count} mails reached the relay within {timeout} s: "
+                        f"{[(r.rcpt_tos, r.message['Subject']) for r in found]}")
                 self._sink.changed.wait(remaining)
 
     def settle(self, quiet: float = 0.6) -> list[Received]:
-        """Everything received once no mail has arrived for `quiet` seconds."""
+        """Everything received, once the desks serving now through this relay have sent
+        all their due mail (and pages); for mail from elsewhere, once none has arrived
+        for `quiet` seconds."""
+        senders = [d for d in _serving if d.settings.outbound.relay == self.address]
+        if senders:
+            for desk in senders:
+                wait_until_sent(desk.engine, desk.clock)
+            return self.received
         last = -1
         while True:
             with self._sink.changed:
@@ -132,9 +178,11 @@ def serving(desk: Desk) -> Iterator[int]:
     thread.start()
     if not ready.wait(20) or errors:
         raise RuntimeError(f"mailgate serve did not start: {errors}")
+    _serving.append(desk)
     try:
         yield desk.settings.smtp.port
     finally:
+        _serving.remove(desk)
         loop.call_soon_threadsafe(stop_holder["stop"].set)
         thread.join(30)
         if errors:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import re
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from tests.harness import Received, Relay, request, send, serving
+from tests.harness import Received, Relay, request, send, serving, wait_until_sent
 from tests.servers import free_port
 from tests.test_oncall_e2e import Pager
 from tests.test_threads import envelope_to, recipients, reply_to
@@ -181,13 +180,10 @@ def test_customer_answering_a_long_closed_ticket_gets_a_new_linked_ticket(
 
 # 5. A severity tag carried along in the subject of an earlier reply.
 
-def _pages_settle(pager: Pager, quiet: float = 0.5) -> int:
-    """How many POSTs the pager has had, once none has come for `quiet` seconds."""
-    last = -1
-    while pager.calls != last:
-        last = pager.calls
-        time.sleep(quiet)
-    return last
+def _pages_settle(desk: Desk, pager: Pager) -> int:
+    """How many POSTs the pager has had, once the desk has no page left to deliver now."""
+    wait_until_sent(desk.engine, desk.clock)
+    return pager.calls
 
 
 def test_carried_severity_tag_does_not_raise_a_lowered_ticket_or_page_again(
@@ -211,19 +207,19 @@ def test_carried_severity_tag_does_not_raise_a_lowered_ticket_or_page_again(
                                       and "down for all" in r.text())[0]
             relay.settle()
             assert _tickets(desk)[0].severity == 0
-            assert _pages_settle(pager) == 1
+            assert _pages_settle(desk, pager) == 1
             send(port, reply_to(to_alice, ALICE, "#severity S2\nOnly the charts are down."),
                  sender=ALICE, recipients=envelope_to(to_alice))
             relay.settle()
             assert _tickets(desk)[0].severity == 2
-            before = _pages_settle(pager)
+            before = _pages_settle(desk, pager)
             # Carol answers Dave's mail: "Re: Re: [S0]", the tag Dave put there.
             carried = request("Re: Re: [S0] Dashboard slow", "Thanks, the tables work now.",
                               sender=CAROL, cc=DAVE, In_Reply_To=raised["Message-ID"],
                               References=f"{opening['Message-ID']} {raised['Message-ID']}")
             send(port, carried)
             relay.settle()
-            after = _pages_settle(pager)
+            after = _pages_settle(desk, pager)
     [ticket] = _tickets(desk)
     assert ticket.severity == 2
     assert _senders(_shown(desk, ticket.id))[-1] == CAROL
