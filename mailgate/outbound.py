@@ -21,7 +21,7 @@ from mailgate.backoff import backoff
 from ticketing import mime
 from ticketing.blobs import BlobStore
 from ticketing.clock import Clock
-from ticketing.db import transaction
+from ticketing.db import StorageError, transaction
 from ticketing.desk import Desk
 from ticketing.models import Outbox
 from ticketing.ratelimit import mark_bouncing
@@ -271,6 +271,13 @@ _SENT = (
             sent_at=bindparam("now"), last_error="")
 )
 
+_SENT_LATE = (
+    update(Outbox)
+    .where(col(Outbox.id) == bindparam("row"), col(Outbox.status) == "pending")
+    .values(status="sent", attempts=Outbox.attempts + 1, claimed_until=None,
+            sent_at=bindparam("now"), last_error="")
+)
+
 
 @dataclass(frozen=True)
 class Attempt:
@@ -311,31 +318,59 @@ def claim_next(desk: Desk, worker: str) -> Outbox | None:
         return _claim(session, desk, worker)
 
 
-def deliver_due(desk: Desk, transport: Transport, worker: str, limit: int = 20) -> int:
+def deliver_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
+                unrecorded: list[Attempt] | None = None) -> int:
     """Send up to `limit` due mails over one relay connection; returns how many were sent.
 
     Each send's result is recorded in the same short transaction that claims the next
     mail: one commit a mail, and a mail is held only while it is being sent.
+
+    A send the database could not record (it went away) is kept in `unrecorded`, which
+    the caller passes again: those are recorded first once the database is back, so the
+    mail is not sent a second time when its lease runs out.
     """
+    kept = unrecorded if unrecorded is not None else []
     sent = 0
     previous: Attempt | None = None
     try:
-        for _ in range(limit):
+        if kept:
             with transaction(desk.engine) as session:
-                if previous is not None:
-                    _record(session, desk, previous, worker)
-                row = _claim(session, desk, worker)
+                for attempt in kept:
+                    _record(session, desk, attempt, worker, late=True)
+            log.warning("recorded %d send(s) made while the database was away", len(kept))
+            kept.clear()
+        for _ in range(limit):
+            try:
+                with transaction(desk.engine) as session:
+                    if previous is not None:
+                        _record(session, desk, previous, worker)
+                    row = _claim(session, desk, worker)
+            except StorageError:
+                _keep(kept, previous)
+                raise
             previous = None
             if row is None:
                 break
             previous = _attempt(transport, row)
             sent += previous.sent is not None
         if previous is not None:
-            with transaction(desk.engine) as session:
-                _record(session, desk, previous, worker)
+            try:
+                with transaction(desk.engine) as session:
+                    _record(session, desk, previous, worker)
+            except StorageError:
+                _keep(kept, previous)
+                raise
     finally:
         transport.close()
     return sent
+
+
+def _keep(kept: list[Attempt], attempt: Attempt | None) -> None:
+    if attempt is not None:
+        kept.append(attempt)
+        log.error("<%s> %s, but the database could not record it; kept to record "
+                  "once it is back", attempt.row.message_id,
+                  "sent" if attempt.sent is not None else "tried")
 
 
 def _attempt(transport: Transport, row: Outbox) -> Attempt:
@@ -352,11 +387,14 @@ def _attempt(transport: Transport, row: Outbox) -> Attempt:
         return Attempt(row, error=f"{type(exc).__name__}: {exc}")
 
 
-def _record(session: Session, desk: Desk, attempt: Attempt, worker: str) -> None:
+def _record(session: Session, desk: Desk, attempt: Attempt, worker: str,
+            late: bool = False) -> None:
     row = attempt.row
     if attempt.sent is not None and not attempt.sent.refused:
-        # The common case in one statement; the lease check is in its WHERE.
-        done = session.execute(_SENT, {"row": row.id, "worker": worker, "now": desk.clock.now()})
+        # The common case in one statement; the lease check is in its WHERE. A send
+        # recorded late counts whoever holds the mail now: it went out.
+        done = session.execute(_SENT_LATE if late else _SENT,
+                               {"row": row.id, "worker": worker, "now": desk.clock.now()})
         if done.rowcount != 1:  # type: ignore[attr-defined]
             log.warning("outbox %s: no longer held by %s; leaving it", row.id, worker)
         else:

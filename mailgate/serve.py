@@ -8,10 +8,11 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from mailgate.outbound import deliver_due, transport_for
+from mailgate.outbound import Attempt, deliver_due, transport_for
 from mailgate.paging import run_paging, worker_name
 from mailgate.waiting import first_of
 from ticketing.blobs import clean_temporary
+from ticketing.db import StorageError
 from ticketing.desk import Desk
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,18 @@ async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) 
     transport = transport_for(desk)
     worker = worker_name()
     loop = asyncio.get_running_loop()
+    unrecorded: list[Attempt] = []  # sent while the database was away: recorded when back
     while not stop.is_set():
         wake.clear()
         try:
-            sent = await loop.run_in_executor(None, deliver_due, desk, transport, worker, 50)
+            sent = await loop.run_in_executor(None, deliver_due, desk, transport, worker, 50,
+                                              unrecorded)
+        except StorageError as exc:
+            # One line a pass, not a traceback: the database is away, not a bug here.
+            log.warning("outbound worker: the database is unavailable (%s); %d send(s) "
+                        "to record when it is back; trying again shortly", exc,
+                        len(unrecorded))
+            sent = 0
         except Exception:
             log.exception("outbound worker: delivery pass failed; trying again shortly")
             sent = 0
