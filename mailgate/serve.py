@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from mailgate.outbound import Attempt, deliver_due, transport_for
 from mailgate.paging import run_paging, worker_name
@@ -55,6 +59,34 @@ async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) 
         await first_of(stop, wake, timeout=1.0)
 
 
+class AcceptFaults:
+    """The event loop's error handler: asyncio reports each accept() that fails for want
+    of file descriptors (EMFILE) with a traceback, retrying every second while it lasts.
+    Said once a minute, with a count; anything else goes to the default handler."""
+
+    RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self.last: float | None = None
+        self.unsaid = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if not (isinstance(exc, OSError) and exc.errno in self.RESOURCES
+                and "accept" in str(context.get("message", ""))):
+            loop.default_exception_handler(context)
+            return
+        self.unsaid += 1
+        now = self.clock()
+        if self.last is None or now - self.last >= self.every:
+            log.error("cannot accept connections: %s (%d time(s) since the last report); "
+                      "clients wait in the backlog. Raise the open-files limit (ulimit -n) "
+                      "or lower smtp.max_connections", exc.strerror or exc, self.unsaid)
+            self.last, self.unsaid = now, 0
+
+
 async def serve(
     desk: Desk, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ) -> None:
@@ -63,6 +95,7 @@ async def serve(
     from mailgate.smtp import smtp_factory
 
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptFaults())
     stop = stop or asyncio.Event()
     wake_outbound = asyncio.Event()
     wake_pages = asyncio.Event()

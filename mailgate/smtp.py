@@ -20,6 +20,8 @@ from ticketing.inbound import Inbound
 
 log = logging.getLogger(__name__)
 
+ALL_CLIENTS = "*"  # the key counting every connection (no client address is "*")
+
 
 class SupportHandler:
     """aiosmtpd handler: only our support addresses, and 250 only once the mail is stored."""
@@ -84,32 +86,48 @@ class GuardedSMTP(SMTP):
     # by this and by the message size limit.
     line_length_limit = 4 * 1024 * 1024
 
-    def __init__(self, *args: Any, per_client: Counter[str], limit: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, per_client: Counter[str], limit: int, total_limit: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._per_client = per_client
         self._limit = limit
+        self._total_limit = total_limit
         self._peer_host = ""
+        self._counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self._peer_host = str(peer[0]) if peer else ""
-        self._per_client[self._peer_host] += 1
+        self._count(+1)
+        refusal = ""
         if self._limit and self._per_client[self._peer_host] > self._limit:
             log.warning("refusing %s: more than %d connections", self._peer_host, self._limit)
+            refusal = "421 4.7.0 Too many connections from your address"
+        elif self._total_limit and self._per_client[ALL_CLIENTS] > self._total_limit:
+            # Every connection holds a file descriptor: past the ceiling a client is
+            # told to come back, before the process runs out of them.
+            log.warning("refusing %s: %d connections in all (smtp.max_connections)",
+                        self._peer_host, self._total_limit)
+            refusal = "421 4.7.0 Too many connections; try again later"
+        if refusal:
             if isinstance(transport, asyncio.WriteTransport):
-                transport.write(b"421 4.7.0 Too many connections from your address\r\n")
+                transport.write(refusal.encode() + b"\r\n")
             transport.close()
-            self._per_client[self._peer_host] -= 1
-            self._peer_host = ""
+            self._count(-1)
             return
         super().connection_made(transport)
 
+    def _count(self, step: int) -> None:
+        if (step > 0) == self._counted:
+            return
+        self._counted = step > 0
+        for key in (self._peer_host, ALL_CLIENTS):
+            self._per_client[key] += step
+            if self._per_client[key] <= 0:
+                del self._per_client[key]
+
     def connection_lost(self, error: Exception | None) -> None:
-        if self._peer_host:
-            self._per_client[self._peer_host] -= 1
-            if self._per_client[self._peer_host] <= 0:
-                del self._per_client[self._peer_host]
-            self._peer_host = ""
+        self._count(-1)
         super().connection_lost(error)
 
 
@@ -127,6 +145,7 @@ def smtp_factory(desk: Desk, executor: Executor) -> Callable[[], SMTP]:
             handler,
             per_client=per_client,
             limit=settings.max_connections_per_client,
+            total_limit=settings.max_connections,
             data_size_limit=settings.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import smtplib
+import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.harness import Relay, request, send, serving
 from tests.servers import POSTGRES_URL, free_port, postgres_url
@@ -90,3 +95,72 @@ def test_serve_waits_for_a_database_that_is_not_there_yet(
     (line,) = _log_lines(log, "database not reachable")
     assert f"{name}" in line and "retrying every 5 s" in line
     assert "Traceback" not in log.read_text()
+
+
+def test_connections_over_the_overall_ceiling_are_told_to_come_back(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    desk = desks(smtp={"port": free_port(), "max_connections": 5,
+                       "max_connections_per_client": 0},
+                 outbound={"relay": relay.address})
+    with serving(desk) as port:
+        held = [smtplib.SMTP("127.0.0.1", port, timeout=30) for _ in range(5)]
+        try:
+            with pytest.raises(smtplib.SMTPConnectError) as refused:
+                smtplib.SMTP("127.0.0.1", port, timeout=30)
+            assert refused.value.smtp_code == 421
+            held.pop().quit()
+            # A place is free again: the next client gets in and its mail is stored.
+            assert send(port, request("after the crowd", "hello")) == {}
+        finally:
+            for client in held:
+                client.close()
+    assert relay.wait_for(1)
+
+
+def _low_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FILE_LIMIT, FILE_LIMIT))
+
+
+FILE_LIMIT = 64
+
+
+def test_running_out_of_file_descriptors_is_logged_once_a_minute(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'data' / 'mailgate.sqlite3'}",
+                          smtp=f"port = {port}\nmax_connections_per_client = 0\n"
+                               "max_connections = 0")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    assert subprocess.run([*MAILGATE, "--config", str(config), "init"], env=env,
+                          capture_output=True, timeout=120, check=False).returncode == 0
+    log = config.with_suffix(".log")
+    held: list[socket.socket] = []
+    with open(log, "ab") as handle, subprocess.Popen(
+        [*MAILGATE, "--config", str(config), "serve"], stdout=subprocess.PIPE, stderr=handle,
+        env=env, preexec_fn=_low_file_limit,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert b"listening" in process.stdout.readline(), log.read_text()
+            # More connections than the process has descriptors: the rest wait in the
+            # listen backlog, and every accept() of them fails with EMFILE.
+            for _ in range(FILE_LIMIT + 20):
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            assert _wait_for_line(log, "Too many open files"), log.read_text()
+            time.sleep(3)  # the attack goes on: asyncio tries again every second
+            for client in held:
+                client.close()
+            held.clear()
+            assert send(port, request("after the flood", "hello")) == {}
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+        finally:
+            for client in held:
+                client.close()
+            if process.poll() is None:
+                process.kill()
+    text = log.read_text(errors="replace")
+    (line,) = _log_lines(log, "Too many open files")
+    assert "cannot accept connections" in line
+    assert "Traceback" not in text
+    assert len(text) < 20_000

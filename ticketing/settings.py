@@ -53,6 +53,8 @@ class SmtpSettings:
     max_recipients: int = 100
     timeout: int = 60
     max_connections_per_client: int = 20
+    # All clients together; keep it well under the open-files limit (ulimit -n). 0: none.
+    max_connections: int = 500
     tls_cert: str = ""
     tls_key: str = ""
     # Border mail servers (addresses or networks) whose Authentication-Results we believe.
