@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import smtplib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -11,7 +12,7 @@ from imapclient import IMAPClient
 from sqlalchemy import text
 from sqlmodel import col, select
 
-from mailgate.exitcodes import EX_OK, EX_TEMPFAIL
+from mailgate.exitcodes import EX_OK
 from mailgate.imap import ImapFetcher
 from mailgate.pipe import deliver
 from tests.dovecot import Dovecot
@@ -116,11 +117,11 @@ def test_a_mail_that_keeps_failing_is_quarantined_after_three_tries_on_any_route
     refused = _mail(9, "Refused by the database")
     with _refusing(desk, "Refused by the database"), serving(desk) as port:
         # The sender's server tries twice (451), then the MTA's pipe once: quarantined.
-        for _ in range(2):
-            with pytest.raises(Exception, match="451") as caught:
+        for good in GOOD[:2]:
+            with pytest.raises(smtplib.SMTPDataError) as caught:
                 send(port, refused, "customer9@client.example")
-            assert "451" in str(caught.value)
-            assert send(port, GOOD[0] if _ == 0 else GOOD[1], "c@client.example") == {}
+            assert caught.value.smtp_code == 451
+            assert send(port, good, "c@client.example") == {}
         assert deliver(desk, io.BytesIO(refused), "support@example.com") == EX_OK
         assert deliver(desk, io.BytesIO(GOOD[2]), "support@example.com") == EX_OK
     assert _subjects(desk) == ["Good request 1", "Good request 2", "Good request 3"]
@@ -132,9 +133,34 @@ def test_a_mail_that_keeps_failing_is_quarantined_after_three_tries_on_any_route
     assert desk.blobs.get(quarantined[0].raw_sha256) == refused
 
 
-def test_a_database_that_is_away_is_never_blamed_on_the_mail(
-    desks: Callable[..., Desk], tmp_path: object
+def test_a_mail_that_keeps_failing_holds_up_an_imap_folder_for_three_passes_only(
+    desks: Callable[..., Desk], dovecot: Dovecot
 ) -> None:
-    desk = desks(database={"url": "postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2"})
-    for _ in range(4):
-        assert deliver(desk, io.BytesIO(GOOD[0]), "support@example.com") == EX_TEMPFAIL
+    desk = desks()
+    refused = _mail(9, "Refused by the database")
+    with IMAPClient(dovecot.host, dovecot.port, ssl=False, timeout=30) as client:
+        client.login(dovecot.user, dovecot.password)
+        for raw in (refused, *GOOD):
+            client.append("INBOX", raw)
+    box = ImapMailbox(host=dovecot.host, port=dovecot.port, user=dovecot.user,
+                      password=dovecot.password, security="none", move_to="Done")
+    fetcher = ImapFetcher(box, desk.engine, desk.ingest, desk.clock)
+    with _refusing(desk, "Refused by the database"):
+        try:
+            # Two passes stop at it, as at any storage fault; the third quarantines it.
+            for _ in range(2):
+                assert fetcher.fetch_once() == 0
+                assert fetcher.storage_fault
+            assert fetcher.fetch_once() == 4
+            assert not fetcher.storage_fault
+        finally:
+            fetcher.close()
+    assert _subjects(desk) == ["Good request 1", "Good request 2", "Good request 3"]
+    with transaction(desk.engine) as session:
+        quarantined = session.exec(select(Quarantine)).all()
+    assert [q.route for q in quarantined] == [f"imap:{box.key}"]
+    assert desk.blobs.get(quarantined[0].raw_sha256) == refused
+    with IMAPClient(dovecot.host, dovecot.port, ssl=False, timeout=30) as client:
+        client.login(dovecot.user, dovecot.password)
+        assert client.select_folder("INBOX")[b"EXISTS"] == 0
+        assert client.select_folder("Done")[b"EXISTS"] == 4
