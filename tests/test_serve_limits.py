@@ -112,10 +112,10 @@ def test_connections_over_the_overall_ceiling_are_told_to_come_back(
             held.pop().quit()
             # A place is free again: the next client gets in and its mail is stored.
             assert send(port, request("after the crowd", "hello")) == {}
+            assert relay.wait_for(1, timeout=30)
         finally:
             for client in held:
                 client.close()
-    assert relay.wait_for(1)
 
 
 def _low_file_limit() -> None:
