@@ -285,3 +285,36 @@ def test_the_same_form_sent_twice_makes_one_ticket(
         # A new form is a new request.
         assert client.post("/requests/new", _request_fields(client, "Another"),
                            {"Origin": hd.url})[1]["location"] == "/requests/2"
+
+
+def test_cookies_are_http_only_same_site_and_secure_behind_https(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    port = free_port()
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+                 web={"port": port, "base_url": "https://help.example.com"})
+    with helpdesk(desk, relay) as hd:
+        hd.add_account(CAROL, password=PASSWORD)
+        client = WebClient(f"http://127.0.0.1:{port}")  # as the TLS proxy passes it on
+        _, headers, page = client.get("/sign-in")
+        csrf = re.search(rb'name="csrf" value="([0-9a-f]+)"', page)
+        assert csrf
+        cookie = headers["Set-Cookie"]
+        status, headers, _ = _post_with_cookie(client, cookie, {
+            "csrf": csrf.group(1).decode(), "email": CAROL, "password": PASSWORD},
+            "https://help.example.com")
+        assert status == 303
+        session = headers["Set-Cookie"]
+        for made in (cookie, session):
+            flags = {part.strip().lower() for part in made.split(";")[1:]}
+            assert {"httponly", "secure", "samesite=lax"} <= flags, made
+        # The proxy's own address is not ours: a form posted from there is refused.
+        assert _post_with_cookie(client, cookie, {"csrf": csrf.group(1).decode(), "email": CAROL,
+                                                  "password": PASSWORD},
+                                 client.base)[0] == 403
+
+
+def _post_with_cookie(client: WebClient, cookie: str, fields: dict[str, str],
+                      origin: str) -> tuple[int, Any, bytes]:
+    """A cookie marked Secure is not sent back over plain HTTP by urllib: send it by hand."""
+    return client.post("/sign-in", fields, {"Origin": origin, "Cookie": cookie.split(";")[0]})
