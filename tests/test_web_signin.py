@@ -258,3 +258,17 @@ def test_a_disabled_account_is_signed_out_and_cannot_sign_in_again(
         link.post("/sign-in/link", {"csrf": link.token("/sign-in"), "email": CAROL},
                   {"Origin": hd.url})
         assert _sent_to(hd, CAROL) == []
+
+
+def test_after_sign_in_only_a_page_of_ours_is_where_it_lands(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    with helpdesk(_desk(desks, relay), relay) as hd:
+        hd.add_account(CAROL, password=PASSWORD)
+        for next_path, lands in (("/requests/7", "/requests/7"), ("//evil.test/x", "/requests"),
+                                 ("https://evil.test/", "/requests"), ("/\\evil.test", "/requests")):
+            client = WebClient(hd.url)
+            status, headers, _ = client.post("/sign-in", {
+                "csrf": client.token("/sign-in"), "email": CAROL, "password": PASSWORD,
+                "next": next_path}, {"Origin": hd.url})
+            assert status == 303 and headers["Location"] == lands
