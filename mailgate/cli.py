@@ -73,6 +73,8 @@ def _table(records: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
 
 
 def _ticket_text(t: dict[str, Any]) -> str:
+    from ticketing.audit import describe
+
     lines = [
         f"Ticket #{t['number']}: {t['subject']}",
         f"  severity {t['severity']}, status {t['status']}, assignee {t['assignee'] or '-'}",
@@ -85,6 +87,10 @@ def _ticket_text(t: dict[str, Any]) -> str:
         lines.append(m["text"] or "(no text)")
         for a in m["attachments"]:
             lines.append(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+    if t["audit"]:
+        lines.append("")
+        lines.append("History:")
+        lines.extend(f"  {describe(event)}" for event in t["audit"])
     if t["sent"]:
         lines.append("")
         for o in t["sent"]:

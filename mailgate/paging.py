@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from mailgate.backoff import backoff
 from mailgate.hooks import HTTP_TIMEOUT, Hook, Outcome, hooks_for
 from mailgate.waiting import first_of
+from ticketing.audit import SYSTEM, record
 from ticketing.clock import Clock
 from ticketing.compose import Templates
 from ticketing.db import StorageError, transaction
@@ -141,6 +142,8 @@ def _record(
         if outcome.ok:
             page.status, page.delivered_at, page.last_error = "delivered", now, ""
             page.claimed_by, page.claimed_until = "", None
+            record(session, page.ticket_id, "page", new=f"{page.action} delivered ({page.hook})",
+                   detail=outcome.detail, actor=SYSTEM, route="system", now=now)
             log.info("%s delivered on attempt %d: %s", label, page.attempts, outcome.detail)
             return
         if page.claimed_by != worker:
@@ -156,6 +159,8 @@ def _record(
             log.error("[#%d] %s: page %d to the %s hook gave up after %d attempts, %s: %s",
                       page.ticket_id, what, page.id, page.hook, page.attempts, why,
                       outcome.detail)
+            record(session, page.ticket_id, "page", new=f"{page.action} gave up ({page.hook})",
+                   detail=outcome.detail, actor=SYSTEM, route="system", now=now)
             if page.action == "trigger":
                 page_not_delivered(session, settings, Templates(settings), page, now)
             return

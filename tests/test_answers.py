@@ -49,3 +49,31 @@ def test_only_what_the_system_writes_itself_is_marked_auto_submitted(
     assert sorted(r for m in passed_on for r in m.rcpt_tos) == [ALICE, DAVE]
     for mail in (*answers, *passed_on):
         assert mail.message["Auto-Submitted"] is None, mail.rcpt_tos
+
+
+def test_one_mail_per_event_per_reader(desk: Desk, relay: Relay) -> None:
+    with serving(desk) as port:
+        send(port, request("Search is slow", "Search takes 30 s.", sender=f"Carol <{CAROL}>",
+                           cc=DAVE))
+        notice = relay.wait_for(1, where=lambda r: r.rcpt_tos == (ALICE,))[0]
+        relay.settle()
+        # Solved with an answer: one mail each, the answer carrying the status.
+        step = len(relay.received)
+        send(port, reply_to(notice, f"Alice Agent <{ALICE}>", "#status solved\nFast again."),
+             sender=ALICE, recipients=envelope_to(notice))
+        relay.wait_for(step + 2)
+        solved = relay.settle()[step:]
+        # Carol answers: the ticket reopens, and she hears nothing about her own mail.
+        answer = next(m for m in solved if m.rcpt_tos == (CAROL,))
+        step = len(relay.received)
+        send(port, reply_to(answer, f"Carol <{CAROL}>", "Slow again since noon."),
+             sender=CAROL, recipients=envelope_to(answer))
+        relay.wait_for(step + 2)
+        reopened = relay.settle()[step:]
+    assert sorted(r for m in solved for r in m.rcpt_tos) == [CAROL, DAVE]
+    assert "Fast again." in answer.text()
+    assert "now marked solved" in answer.text()
+    assert sorted(r for m in reopened for r in m.rcpt_tos) == [ALICE, DAVE]
+    for mail in reopened:
+        assert "Slow again since noon." in mail.text()
+        assert "This reply reopened ticket [#1]" in mail.text()

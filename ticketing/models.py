@@ -263,3 +263,25 @@ class IngestFailure(SQLModel, table=True):
     last_error: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     first_at: datetime
     last_at: datetime
+
+
+class TicketEvent(SQLModel, table=True):
+    """One change on a ticket, for its audit trail: who made it, what, when, by which route.
+
+    Status, severity, assignee, followers and pages; the desk on the web writes the
+    same rows (route "web") as the mail commands do (route "mail").
+    """
+
+    __table_args__ = (Index("ix_ticketevent_ticket", "ticket_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id")
+    at: datetime
+    # An address, or "mailgate" for what the system did by itself (a page delivered).
+    actor: str = Field(max_length=320)
+    actor_name: str = Field(default="", max_length=200)
+    route: str = Field(max_length=16)  # mail | web | cli | system
+    what: str = Field(max_length=16)  # opened | status | severity | assignee | follower | page
+    old: str = Field(default="", max_length=320)
+    new: str = Field(default="", max_length=320)
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))

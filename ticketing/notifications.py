@@ -14,6 +14,7 @@ from ticketing.addresses import Address, is_machine_address
 from ticketing.compose import FileToSend, OutgoingMail, Templates, compose
 from ticketing.conversation import is_ours, reply_address, subject_tag
 from ticketing.models import Attachment, Message, Outbox, Page, ThreadRef, Ticket
+from ticketing.oncall import next_opening
 from ticketing.participants import active_participants, agent_addresses
 from ticketing.quotes import REPLY_MARKER
 from ticketing.ratelimit import bouncing, may_auto_reply, record_auto_reply
@@ -259,6 +260,7 @@ def _history(session: Session, ticket: Ticket, before: Message, notes: bool) -> 
         {
             "date": m.created_at.strftime("%a, %d %b %Y %H:%M UTC"),
             "author": m.from_name or m.from_address,
+            "note": m.kind == "note",
             "text": m.text,
             "quoted": "\n".join("> " + line if line else ">" for line in m.text.splitlines()),
         }
@@ -269,8 +271,11 @@ def _history(session: Session, ticket: Ticket, before: Message, notes: bool) -> 
 def fan_out(
     session: Session, desk: Desk, ticket: Ticket, message: Message, now: datetime,
     *, author_is_agent: bool, already_reached: Iterable[str], note: bool = False,
+    status_change: str | None = None, raised_from: Severity | None = None, paging: bool = False,
 ) -> list[Outbox]:
-    """A new message on a ticket to every participant but its author, once each.
+    """A new message on a ticket to every participant but its author, once each, with the
+    status change it made ("solved", "closed", "reopened") and, to agents, a severity a
+    customer raised by it.
 
     One mail per recipient: each copy names only its reader and our signed Reply-To,
     so "reply all" in any client comes back through the ticket (recorded, threaded,
@@ -299,17 +304,27 @@ def fan_out(
         return []
     files, omitted = _files(session, desk, message)
     display = message.from_name or message.from_address
+    severity = Severity(ticket.severity)
     rows = []
     for address, name in recipients.items():
         is_agent = address in agents
+        raised = raised_from is not None and is_agent
         context = _common(desk, ticket) | {
             "text": message.text,
             "author": display,
             "note": note,
             "attachments_omitted": omitted,
             "history": _history(session, ticket, message, notes=is_agent),
+            "status_change": status_change,
+            "reopen_days": desk.settings.tickets.reopen_days,
+            "raised_from": raised_from.label if raised and raised_from is not None else "",
+            "severity": severity.label,
+            "severity_word": severity.word,
+            "urgent": raised and severity is Severity.S0,
+            "paging": paging,
         }
         text, html = desk.templates.render("reply", **context)
+        urgent = raised and severity is Severity.S0
         # A person's words: no Auto-Submitted (RFC 3834 section 5), or the reader's
         # helpdesk and mail rules treat an answer as machine mail.
         rows.append(_ticket_mail(
@@ -317,8 +332,50 @@ def fan_out(
             subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}", text=text, html=html,
             from_name=f"{display} via {desk.settings.support.name}",
             attachments=files, auto_submitted=None,
+            extra_headers=[("Importance", "high"), ("X-Priority", "1")] if urgent else [],
         ))
     return rows
+
+
+def severity_raised(
+    session: Session, desk: Desk, ticket: Ticket, message: Message, old: Severity,
+    now: datetime, *, paging: bool,
+) -> Outbox | None:
+    """A short acknowledgement to the customer whose mail raised the severity."""
+    assert ticket.id is not None
+    reader = message.from_address
+    if not _deliverable(session, desk, reader) or not may_auto_reply(
+        session, desk.settings.limits, reader, ticket.id, now
+    ):
+        return None
+    severity = Severity(ticket.severity)
+    context = _common(desk, ticket) | {
+        "requester": reader,
+        "requester_name": message.from_name,
+        "severity": severity.label,
+        "severity_word": severity.word,
+        "old_severity": old.label,
+        "paging": paging,
+        "what_next": what_next(desk, ticket, now),
+    }
+    text, html = desk.templates.render("raised", **context)
+    record_auto_reply(session, reader, ticket.id, "raised", now)
+    _, chain = thread_of(session, ticket, [reader])
+    return _ticket_mail(
+        session, desk, ticket, "raised", now, to=[Address(reader, message.from_name)],
+        subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}", text=text, html=html,
+        thread=(message.message_id or None, [*chain, *([message.message_id] if message.message_id else [])]),
+        auto_submitted="auto-replied",
+    )
+
+
+def what_next(desk: Desk, ticket: Ticket, now: datetime) -> str:
+    """When people may expect an engineer, for a ticket that pages nobody."""
+    hours = desk.settings.hours
+    opening = next_opening(now, hours)
+    if opening > now:
+        return f"An engineer will pick it up when the support desk opens, {opening:%A %d %B at %H:%M %Z}."
+    return "An engineer will look at it during business hours and reply to this thread."
 
 
 def status_notice(

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, select
 
+from ticketing import audit
 from ticketing.models import Page, Ticket
 from ticketing.settings import HoursSettings, OncallSettings, Settings
 from ticketing.severity import Severity
@@ -220,9 +221,15 @@ def queued(session: Session) -> int:
     return int(session.info.get("pages_queued", 0))
 
 
-def _queue(session: Session, pages: list[Page]) -> None:
+def _queue(session: Session, pages: list[Page], reason: str = "") -> None:
     session.add_all(pages)
     session.info["pages_queued"] = queued(session) + len(pages)
+    if pages:
+        first = pages[0]
+        hooks = ", ".join(sorted({p.hook for p in pages}))
+        what = "queued" if first.action == "trigger" else "resolved"
+        audit.record(session, first.ticket_id, "page", new=f"{what} ({hooks})", detail=reason,
+                     actor=audit.SYSTEM, route="system", now=first.created_at)
 
 
 def escalate(
@@ -249,7 +256,7 @@ def escalate(
         else:
             body = hook_trigger(ticket, settings, key, now, reason)
         pages.append(_page(ticket_id, hook, "trigger", key, body, settings, now))
-    _queue(session, pages)
+    _queue(session, pages, reason)
     return pages
 
 
@@ -312,6 +319,9 @@ def escalate_within_limits(
             page = _page(ticket_id, hook, "withheld", key, {}, settings, now)
             page.status, page.last_error = "skipped", why
             session.add(page)
+    if recorded != set(hooks):
+        audit.record(session, ticket_id, "page", new="withheld", detail=why,
+                     actor=audit.SYSTEM, route="system", now=now)
     return [], why
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from ticketing.audit import trail
 from ticketing.models import Attachment, Message, Outbox, Participant, Quarantine, Ticket
 from ticketing.severity import Severity
 
@@ -92,6 +93,7 @@ def show_ticket(session: Session, number: int) -> dict[str, Any] | None:
     return ticket_summary(session, ticket) | {
         "messages": [message_record(session, m) for m in messages],
         "sent": [outbox_record(o) for o in sent],
+        "audit": trail(session, number),
     }
 
 

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 
 from ticketing import notifications, oncall
 from ticketing.addresses import Address, normalize
+from ticketing.audit import Actor, record_changes, route_of
 from ticketing.authresults import aligned
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
 from ticketing.conversation import clean_subject, find_ticket, is_ours
@@ -272,6 +273,9 @@ def open_ticket(
     message.kind = "request"
     _save(session, message, files, ticket)
     opened(session, ticket)
+    Actor(sender.address, sender.name, route_of(message.route)).record(
+        session, ticket, "opened", new=f"{Severity(ticket.severity).label} {ticket.status}",
+        now=now)
     add_participants(session, ticket, [sender], "requester", now)
     # Agents copied on a request hear of it by the agents' notice, not as customers.
     cc, not_copied = _copied(mail, desk, {sender.address, *agent_addresses(session, desk.settings)})
@@ -378,24 +382,54 @@ def file_reply(
     if by_from_only and (leaving or _copied(mail, desk, {sender.address})):
         log.warning("[#%s] <%s> from %s joined by its subject tag only: its #unfollow and "
                     "copied addresses are ignored", ticket.id, mail.message_id, sender.address)
+    actor = Actor(sender.address, sender.name, route_of(inbound.route))
     if leaving:
-        if not by_from_only:
-            unfollow(session, ticket, sender.address)
+        if not by_from_only and unfollow(session, ticket, sender.address):
+            actor.record(session, ticket, "follower", old=sender.address, now=now,
+                         detail="#unfollow")
         if not text.strip():
             session.add(ticket)
             return Outcome("reply", ticket.id, message.id,
                            "#unfollow ignored: joined by subject tag only" if by_from_only
                            else "unfollowed")
     if not by_from_only:
-        _join(session, desk, ticket, mail, sender, is_agent, agents, now)
+        _join(session, desk, ticket, mail, sender, is_agent, agents, now, actor)
     before = Severity(ticket.severity), ticket.status
-    _apply(session, desk, ticket, commands, sender.address, is_agent, mail, message, now)
+    assignee = ticket.assignee
+    status_change = _apply(session, desk, ticket, commands, sender.address, is_agent, mail,
+                           message, now)
     session.add(ticket)
+    queued = oncall.queued(session)
     _escalation(session, desk, ticket, *before, by_agent=is_agent)
+    paging = oncall.queued(session) > queued
+    record_changes(session, ticket, actor, now, before[0], before[1], assignee)
+    _tell(session, desk, ticket, message, mail, commands, is_agent, now,
+          status_change=status_change, raised_from=before[0], paging=paging)
+    return Outcome("reply", ticket.id, message.id, f"{message.kind} by {match.how}")
+
+
+def _tell(
+    session: Session, desk: Desk, ticket: Ticket, message: Message, mail: ParsedMail,
+    commands: Commands, is_agent: bool, now: datetime, *, status_change: str | None,
+    raised_from: Severity, paging: bool,
+) -> None:
+    """One mail per event per reader: a public answer carries the status change it made
+    (no separate notice); the author never hears of their own mail; a customer who
+    raised the severity gets a short acknowledgement."""
+    public = message.kind == "reply" and bool(message.text.strip())
+    if status_change and is_agent and not public:
+        notifications.status_notice(session, desk, ticket, status_change, now)
+    raised = not is_agent and Severity(ticket.severity) < raised_from
+    if raised:
+        notifications.severity_raised(session, desk, ticket, message, raised_from, now,
+                                      paging=paging)
+    if is_agent and not message.text.strip() and commands.lines:
+        return  # commands alone: their effect is the news, told above
     reached = {a.address for a in (*mail.to, *mail.cc)}
     notifications.fan_out(session, desk, ticket, message, now, author_is_agent=is_agent,
-                          already_reached=reached, note=commands.note)
-    return Outcome("reply", ticket.id, message.id, f"{message.kind} by {match.how}")
+                          already_reached=reached, note=commands.note,
+                          status_change=status_change if public or not is_agent else None,
+                          raised_from=raised_from if raised else None, paging=paging)
 
 
 def _from_outside(
@@ -419,26 +453,32 @@ def _from_outside(
 
 def _join(
     session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail, sender: Address,
-    is_agent: bool, agents: dict[str, str], now: datetime,
+    is_agent: bool, agents: dict[str, str], now: datetime, actor: Actor,
 ) -> None:
     """New people on the thread become followers; an agent who answers takes part."""
     if is_agent:
         add_participants(session, ticket, [sender], "agent", now)
+        added = []
     else:
-        add_participants(session, ticket, [sender], "follower", now)
+        added = add_participants(session, ticket, [sender], "follower", now)
     newcomers, _ = _copied(mail, desk, {sender.address, *agents})
-    add_participants(session, ticket, newcomers, "follower", now)
+    added += add_participants(session, ticket, newcomers, "follower", now)
+    for person in added:
+        actor.record(session, ticket, "follower", new=person.address, now=now,
+                     detail="wrote in" if person.address == sender.address else "copied")
 
 
 def _apply(
     session: Session, desk: Desk, ticket: Ticket, commands: Commands, author: str,
     is_agent: bool, mail: ParsedMail, message: Message, now: datetime,
-) -> None:
-    """Commands and implied changes: assignment, status, severity."""
+) -> str | None:
+    """Commands and implied changes: assignment, status, severity. Returns the status
+    change people are told of ("solved", "closed", "reopened"), if any."""
     if is_agent and not commands.note and ticket.assignee is None:
         ticket.assignee = author  # the first agent to answer publicly takes the ticket
     if commands.assign:
         ticket.assignee = author if commands.assign == "me" else commands.assign
+    told = None
     new_status = commands.status
     if not is_agent and ticket.status in ("solved", "closed"):
         new_status = "open"
@@ -450,7 +490,7 @@ def _apply(
             oncall.resolve(session, ticket, desk.settings, now)
         notice = "reopened" if reopened else new_status
         if notice in ("solved", "closed", "reopened"):
-            notifications.status_notice(session, desk, ticket, notice, now)
+            told = notice
     severity = commands.severity
     if severity is None and not commands.note:
         # A tag counts when the writer put it there, not when it is an earlier mail's
@@ -460,6 +500,7 @@ def _apply(
             severity = tagged
     if severity is not None:
         ticket.severity = int(severity)
+    return told
 
 
 def _tags_before(session: Session, ticket: Ticket, message: Message) -> set[Severity]:
