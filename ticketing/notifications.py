@@ -79,7 +79,12 @@ def _ticket_mail(
 
 
 def _common(desk: Desk, ticket: Ticket | None) -> dict[str, Any]:
-    support = desk.settings.support
+    return _context(desk.settings, ticket)
+
+
+def _context(settings: Settings, ticket: Ticket | None) -> dict[str, Any]:
+    """What every template may name: our name, the status page, the ticket and its page."""
+    support = settings.support
     return {
         "marker": REPLY_MARKER,
         "support_name": support.name,
@@ -87,8 +92,8 @@ def _common(desk: Desk, ticket: Ticket | None) -> dict[str, Any]:
         "tag": subject_tag(ticket.id) if ticket and ticket.id else "",
         "subject": ticket.subject if ticket else "",
         # The ticket's page on the Help Desk; following it signed out asks to sign in first.
-        "ticket_url": f"{desk.settings.web.url}/requests/{ticket.id}"
-        if ticket and ticket.id and desk.settings.web.enabled else "",
+        "ticket_url": f"{settings.web.url}/requests/{ticket.id}"
+        if ticket and ticket.id and settings.web.enabled else "",
     }
 
 
@@ -247,7 +252,7 @@ def announce_new_ticket(
     return rows
 
 
-def _history(session: Session, ticket: Ticket, before: Message, notes: bool) -> list[dict[str, str]]:
+def _history(session: Session, ticket: Ticket, before: Message, notes: bool) -> list[dict[str, Any]]:
     kinds = ["request", "reply", "note"] if notes else ["request", "reply"]
     rows = session.exec(
         select(Message)
@@ -419,12 +424,8 @@ def page_not_delivered(
     agents = [a for a in agents if not is_ours(a, settings)
               and a not in bouncing(session, agents)]
     severity = Severity(ticket.severity)
-    context = {
+    context = _context(settings, ticket) | {
         "marker": "",
-        "support_name": settings.support.name,
-        "status_page": settings.support.status_page,
-        "tag": subject_tag(ticket.id),
-        "subject": ticket.subject,
         "number": ticket.id,
         "severity": severity.label,
         "severity_word": severity.word,
