@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from mailgate.web import auth, helpdesk
+from mailgate.web import account, auth, helpdesk
 from mailgate.web.pages import Web, render
 from mailgate.web.security import Guard
 from ticketing.desk import Desk
@@ -30,12 +30,12 @@ ROUTES = [
     Route("/sign-in/link/{token}", auth.link_page),
     Route("/sign-in/link/{token}", auth.sign_in_with_link, methods=["POST"]),
     Route("/sign-out", auth.sign_out, methods=["POST"]),
-    Route("/password/forgot", auth.forgot_page),
-    Route("/password/forgot", auth.forgot, methods=["POST"]),
-    Route("/password/reset/{token}", auth.reset_page),
-    Route("/password/reset/{token}", auth.reset, methods=["POST"]),
-    Route("/account", auth.account_page),
-    Route("/account/password", auth.change_password, methods=["POST"]),
+    Route("/password/forgot", account.forgot_page),
+    Route("/password/forgot", account.forgot, methods=["POST"]),
+    Route("/password/reset/{token}", account.reset_page),
+    Route("/password/reset/{token}", account.reset, methods=["POST"]),
+    Route("/account", account.account_page),
+    Route("/account/password", account.change_password, methods=["POST"]),
     # The customers' Help Desk
     Route("/requests", helpdesk.my_requests),
     Route("/requests/new", helpdesk.new_request_page),
