@@ -84,9 +84,12 @@ class Templates:
         return sorted(self.environment.list_templates())
 
     def problem(self) -> str | None:
-        """Why some template cannot be loaded (missing or not valid Jinja2), else None."""
+        """Why some mail template cannot be loaded (missing or not valid Jinja2), else None.
+
+        Subfolders (web/) hold pages rendered by an environment of their own.
+        """
         wanted = [f"{name}.{kind}" for name in MAIL_TEMPLATES for kind in ("txt", "html")]
-        for name in dict.fromkeys([*wanted, *self.names()]):
+        for name in dict.fromkeys([*wanted, *(n for n in self.names() if "/" not in n)]):
             try:
                 self.environment.get_template(name)
             except TemplateNotFound:
