@@ -7,7 +7,7 @@ import sys
 from typing import BinaryIO
 
 from mailgate.exitcodes import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL
-from ticketing.conversation import is_ours
+from ticketing.conversation import is_ours, is_postmaster
 from ticketing.db import StorageError
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound
@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 def deliver(desk: Desk, stream: BinaryIO, recipient: str = "", sender: str = "") -> int:
     """Ingest one mail; 0 once it is committed, 75 on a storage fault, 65/67 for bad input."""
-    if recipient and not is_ours(recipient, desk.settings):
+    if recipient and not is_ours(recipient, desk.settings) and not is_postmaster(
+        recipient, desk.settings
+    ):
         print(f"mailgate deliver: {recipient}: not a support address here", file=sys.stderr)
         return EX_NOUSER
     try:

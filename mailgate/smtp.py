@@ -13,7 +13,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailgate.handoff import HELO_NAME
-from ticketing.conversation import is_ours
+from ticketing.conversation import is_ours, is_postmaster
 from ticketing.db import StorageError
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound
@@ -35,7 +35,7 @@ class SupportHandler:
         rcpt_options: list[str],
     ) -> str:
         settings = self.desk.settings
-        if not is_ours(address, settings):
+        if not is_ours(address, settings) and not is_postmaster(address, settings):
             # We are no open relay: only the support addresses (and their +tokens) take mail.
             return f"550 5.1.1 <{address}>: no such mailbox here"
         if len(envelope.rcpt_tos) >= settings.smtp.max_recipients:

@@ -27,7 +27,7 @@ from ticketing.settings import Settings
 
 # The mails we write, each a NAME.txt and NAME.html pair.
 MAIL_TEMPLATES = ("confirmation", "new_ticket", "reply", "status", "command_error", "no_account",
-                  "sign_in", "reset", "password_changed")
+                  "sign_in", "reset", "password_changed", "postmaster")
 
 # Clients thread on the nearest references; a long chain only grows every mail.
 _MAX_REFERENCES = 20

@@ -57,6 +57,14 @@ def is_ours(address: str, settings: Settings) -> bool:
     return base_address(address.lower()) in served_addresses(settings)
 
 
+def is_postmaster(address: str, settings: Settings) -> bool:
+    """postmaster@ one of our domains, in any case: every mail domain must take it
+    (RFC 5321 4.5.1)."""
+    local, _, domain = address.strip().strip("<>").lower().rpartition("@")
+    return local == "postmaster" and domain in {
+        a.rpartition("@")[2] for a in served_addresses(settings)}
+
+
 def ticket_from_address(address: str, settings: Settings) -> int | None:
     """The ticket number of a valid signed reply address, or None (forged, guessed, plain)."""
     address = address.lower()

@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 
 from ticketing import oncall
 from ticketing.authresults import sender_authenticated
+from ticketing.conversation import is_postmaster
 from ticketing.db import StorageError, transaction
 from ticketing.dkimcheck import verified_signers
 from ticketing.inbound import Inbound, Outcome
@@ -24,6 +25,7 @@ from ticketing.screening import Verdict, screen
 from ticketing.tickets import (
     StoredFile,
     file_classified,
+    file_postmaster,
     file_reply,
     keep_files,
     open_or_hold,
@@ -164,6 +166,11 @@ def _record(
         raw_size=len(inbound.raw),
         created_at=desk.clock.now(),
     )
+    recipients = inbound.envelope_recipients
+    if verdict.kind != "own" and recipients and all(
+        is_postmaster(r, desk.settings) for r in recipients
+    ):
+        return file_postmaster(session, desk, message, files)
     if verdict.kind != "human":
         return file_classified(session, desk, inbound, mail, message, files, verdict, believed)
     return file_reply(session, desk, inbound, mail, message, files, believed) or open_or_hold(

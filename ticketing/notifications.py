@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from ticketing.addresses import Address, is_machine_address
 from ticketing.compose import FileToSend, OutgoingMail, Templates, compose
-from ticketing.conversation import is_ours, reply_address, subject_tag
+from ticketing.conversation import is_ours, is_postmaster, reply_address, subject_tag
 from ticketing.models import Attachment, Message, Outbox, Page, ThreadRef, Ticket
 from ticketing.oncall import next_opening
 from ticketing.participants import active_participants, agent_addresses
@@ -491,3 +491,41 @@ def no_account(
     )
     record_auto_reply(session, sender.address, None, "no_account", now)
     return enqueue(session, None, "no_account", mail, now, desk.settings)
+
+
+def to_postmaster(session: Session, desk: Desk, message: Message, now: datetime) -> list[str]:
+    """Pass a mail to postmaster@ our domain on to the operator (support.operator_address,
+    else the team list or the agents), rate-limited like every mail of our own; returns
+    who it went to."""
+    settings = desk.settings
+    team = settings.agents.team_address
+    readers = ([settings.support.operator_address.lower()] if settings.support.operator_address
+               else [team.lower()] if team else sorted(agent_addresses(session, settings)))
+    readers = [a for a in readers if _deliverable(session, desk, a)
+               and not is_postmaster(a, settings)
+               and may_auto_reply(session, settings.limits, a, None, now)]
+    if not readers:
+        log.warning("<%s> mail to postmaster kept; no operator address to pass it on to, or "
+                    "its hourly limit is reached (mailgate inbound list shows it)",
+                    message.message_id)
+        return []
+    context = _common(desk, None) | {
+        "sender": message.from_address or message.envelope_sender,
+        "sender_name": message.from_name,
+        "subject": message.subject,
+        "text": message.text,
+        "received": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "route": message.route,
+    }
+    text, html = desk.templates.render("postmaster", **context)
+    for reader in readers:
+        mail = compose(
+            settings, to=[Address(reader)], text=text, html=html, now=now,
+            subject=f"[postmaster] {message.subject or '(no subject)'}",
+            in_reply_to=message.message_id or None,
+            references=[message.message_id] if message.message_id else [],
+            auto_submitted="auto-generated",
+        )
+        record_auto_reply(session, reader, None, "postmaster", now)
+        enqueue(session, None, "postmaster", mail, now, settings)
+    return readers

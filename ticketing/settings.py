@@ -35,6 +35,8 @@ class SupportSettings:
     # Copied (To/Cc) addresses one mail may add to a ticket; the rest are kept on the
     # message and named to the agents, and get no mail (0: no ceiling).
     max_copied: int = 20
+    # Who reads mail to postmaster@ our domain; unset: the team list, else the agents.
+    operator_address: str = ""
 
     @property
     def domain(self) -> str:
@@ -338,6 +340,8 @@ def settings_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> 
             values[section] = _build(cls, section, data[section])
     support: SupportSettings = values.get("support", SupportSettings())
     _check_address("support.address", support.address)
+    if support.operator_address:
+        _check_address("support.operator_address", support.operator_address)
     for i, alias in enumerate(support.aliases):
         _check_address(f"support.aliases[{i}]", alias)
     if support.sender_policy not in ("open", "registered"):

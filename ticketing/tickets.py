@@ -197,6 +197,18 @@ def _complaint(
                   desk.clock.now())
 
 
+def file_postmaster(
+    session: Session, desk: Desk, message: Message, files: list[StoredFile]
+) -> Outcome:
+    """Mail to postmaster@ our domain: kept, no ticket, and passed on to the operator."""
+    message.kind = "postmaster"
+    readers = notifications.to_postmaster(session, desk, message, desk.clock.now())
+    message.detail = (f"to postmaster: passed on to {', '.join(readers)}" if readers
+                      else "to postmaster: kept; nobody to pass it on to (or rate-limited)")
+    _save(session, message, files, None)
+    return Outcome("classified", None, message.id, message.detail)
+
+
 def _returned_mail(session: Session, raw: bytes, domain: str) -> Outbox | None:
     """The mail of ours that a bounce or auto-reply returns, found by its Message-ID."""
     found = [m.lower() for m in our_message_ids_in(raw, domain)]
