@@ -16,6 +16,14 @@ from ticketing.conversation import is_ours, is_postmaster, reply_address, subjec
 from ticketing.models import Attachment, Message, Outbox, Page, ThreadRef, Ticket
 from ticketing.oncall import next_opening
 from ticketing.participants import active_participants, agent_addresses
+from ticketing.phrases import (
+    business_hours,
+    other_tickets,
+    people,
+    person,
+    received,
+    response_target,
+)
 from ticketing.quotes import REPLY_MARKER
 from ticketing.ratelimit import bouncing, may_auto_reply, record_auto_reply
 from ticketing.returnpath import bounce_address
@@ -170,9 +178,15 @@ def confirm_new_ticket(
         "severity": severity.label,
         "severity_word": severity.word,
         "severity_meaning": severity.meaning,
-        "cc": [a.address for a in copied],
+        "cc": people(copied),
         "paged": paged,
         "next_opening": next_opening,
+        "business_hours": business_hours(desk.settings.hours),
+        "response_target": response_target(desk.settings, severity),
+        "request": request.text,
+        "quoted": _quoted(request.text),
+        "levels": [{"label": level.label, "word": level.word, "meaning": level.meaning}
+                   for level in Severity if level < severity],
     }
     text, html = desk.templates.render("confirmation", **context)
     _, chain = thread_of(session, ticket, [requester])
@@ -218,13 +232,22 @@ def announce_new_ticket(
         return []
     severity = Severity(ticket.severity)
     files, omitted = _files(session, desk, request)
+    agent_names = agent_addresses(session, desk.settings)
+    others, other_count = other_tickets(session, ticket, desk.settings.hours)
     context = _common(desk, ticket) | {
         "requester": ticket.requester,
         "requester_name": ticket.requester_name,
         "severity": severity.label,
         "severity_word": severity.word,
         "severity_meaning": severity.meaning,
-        "cc": [a.address for a in cc],
+        "cc": people(list(cc)),
+        "requester_shown": person(ticket.requester_name, ticket.requester),
+        "received": received(request.created_at, desk.settings.hours),
+        "status": ticket.status,
+        "assignee": person(agent_names.get(ticket.assignee, ""), ticket.assignee)
+                    if ticket.assignee else "",
+        "other_tickets": others,
+        "other_count": other_count,
         "text": request.text,
         "attachments": [f.filename for f in files] + omitted,
         "paged": bool(paged_hooks),
@@ -240,7 +263,7 @@ def announce_new_ticket(
     rows = []
     for agent in agents:
         rows.append(_ticket_mail(
-            session, desk, ticket, "new_ticket", now, to=[Address(agent)],
+            session, desk, ticket, "new_ticket", now, to=[Address(agent, agent_names.get(agent, ""))],
             # The level in words, not as a tag: a reply keeping this subject must not
             # set the severity back.
             subject=f"{subject_tag(ticket.id)} {ticket.subject} ({severity.label} {severity.word})",
@@ -267,10 +290,14 @@ def _history(session: Session, ticket: Ticket, before: Message, notes: bool) -> 
             "author": m.from_name or m.from_address,
             "note": m.kind == "note",
             "text": m.text,
-            "quoted": "\n".join("> " + line if line else ">" for line in m.text.splitlines()),
+            "quoted": _quoted(m.text),
         }
         for m in rows
     ]
+
+
+def _quoted(text: str) -> str:
+    return "\n".join("> " + line if line else ">" for line in text.splitlines())
 
 
 def fan_out(
@@ -334,8 +361,8 @@ def fan_out(
         # helpdesk and mail rules treat an answer as machine mail.
         rows.append(_ticket_mail(
             session, desk, ticket, "note" if note else "reply", now, to=[Address(address, name)],
-            subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}", text=text, html=html,
-            from_name=f"{display} via {desk.settings.support.name}",
+            subject=f"{'[Note] ' if note else ''}Re: {subject_tag(ticket.id)} {ticket.subject}",
+            text=text, html=html, from_name=f"{display} via {desk.settings.support.name}",
             attachments=files, auto_submitted=None,
             extra_headers=[("Importance", "high"), ("X-Priority", "1")] if urgent else [],
         ))

@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 class SupportSettings:
     address: str = "support@localhost"
     name: str = "Support"
-    status_page: str = "http://localhost/status"
+    status_page: str = ""  # none: our mails name no status page
     secret: str = ""
     # Further addresses we answer for (aliases). The main address is always served.
     aliases: tuple[str, ...] = ()
@@ -89,6 +89,11 @@ class AgentSettings:
 @dataclass(frozen=True)
 class TicketSettings:
     reopen_days: int = 14
+    # What the confirmation promises for each severity, in the desk's own words.
+    response_s0: str = "1 hour, any day or time"
+    response_s1: str = "4 business hours"
+    response_s2: str = "1 business day"
+    response_s3: str = "2 business days"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,74 @@
+"""What people read in our mails: business hours in words, response targets, names."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session, col, select
+
+from ticketing.addresses import Address
+from ticketing.models import Ticket
+from ticketing.oncall import DAYS, in_business_hours
+from ticketing.settings import HoursSettings, Settings
+from ticketing.severity import Severity
+
+_DAY_NAMES = dict(zip(DAYS, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
+                             "Saturday", "Sunday"), strict=True))
+_OTHER_TICKETS = 5
+
+
+def person(name: str, address: str) -> str:
+    """ "Name <address>", or the address alone when there is no name (never "<x@y>")."""
+    return f"{name} <{address}>" if name.strip() else address
+
+
+def people(addresses: list[Address]) -> list[str]:
+    return [person(a.name, a.address) for a in addresses]
+
+
+def business_days(hours: HoursSettings) -> str:
+    """ "Monday to Friday", "Monday, Wednesday and Friday", "every day"."""
+    indexes = sorted(DAYS.index(day) for day in set(hours.days))
+    if len(indexes) == 7:
+        return "every day"
+    if len(indexes) > 2 and indexes == list(range(indexes[0], indexes[-1] + 1)):
+        return f"{_DAY_NAMES[DAYS[indexes[0]]]} to {_DAY_NAMES[DAYS[indexes[-1]]]}"
+    names = [_DAY_NAMES[DAYS[i]] for i in indexes]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def business_hours(hours: HoursSettings) -> str:
+    """The desk's hours in full: "Monday to Friday, 06:00 to 18:00 (America/Los_Angeles)"."""
+    return f"{business_days(hours)}, {hours.start} to {hours.end} ({hours.timezone})"
+
+
+def response_target(settings: Settings, severity: Severity) -> str:
+    targets = settings.tickets
+    return str(getattr(targets, f"response_{severity.label.lower()}"))
+
+
+def received(at: datetime, hours: HoursSettings) -> str:
+    """When a mail came, on the desk's clock, and whether the desk was staffed."""
+    local = at.astimezone(ZoneInfo(hours.timezone))
+    inside = "inside" if in_business_hours(at, hours) else "outside"
+    return f"{local:%A %d %B %Y at %H:%M %Z}, {inside} business hours"
+
+
+def other_tickets(
+    session: Session, ticket: Ticket, hours: HoursSettings
+) -> tuple[list[dict[str, str]], int]:
+    """The requester's other tickets for the agents, open ones first, newest first (a
+    few), and how many there are in all."""
+    rows = session.exec(
+        select(Ticket).where(Ticket.requester == ticket.requester, col(Ticket.id) != ticket.id)
+        .order_by(col(Ticket.id).desc())
+    ).all()
+    ordered = sorted(rows, key=lambda t: t.status in ("solved", "closed"))
+    zone = ZoneInfo(hours.timezone)
+    shown = [
+        {"tag": f"[#{t.id}]", "status": t.status, "severity": Severity(t.severity).label,
+         "subject": t.subject, "opened": f"{t.created_at.astimezone(zone):%Y-%m-%d}"}
+        for t in ordered[:_OTHER_TICKETS]
+    ]
+    return shown, len(ordered)
