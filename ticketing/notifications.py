@@ -18,9 +18,9 @@ from ticketing.oncall import next_opening
 from ticketing.participants import active_participants, agent_addresses
 from ticketing.phrases import (
     business_hours,
+    name_and_address,
+    names_and_addresses,
     other_tickets,
-    people,
-    person,
     received,
     response_target,
 )
@@ -178,7 +178,7 @@ def confirm_new_ticket(
         "severity": severity.label,
         "severity_word": severity.word,
         "severity_meaning": severity.meaning,
-        "cc": people(copied),
+        "cc": names_and_addresses(copied),
         "paged": paged,
         "next_opening": next_opening,
         "business_hours": business_hours(desk.settings.hours),
@@ -240,11 +240,11 @@ def announce_new_ticket(
         "severity": severity.label,
         "severity_word": severity.word,
         "severity_meaning": severity.meaning,
-        "cc": people(list(cc)),
-        "requester_shown": person(ticket.requester_name, ticket.requester),
+        "cc": names_and_addresses(list(cc)),
+        "requester_shown": name_and_address(ticket.requester_name, ticket.requester),
         "received": received(request.created_at, desk.settings.hours),
         "status": ticket.status,
-        "assignee": person(agent_names.get(ticket.assignee, ""), ticket.assignee)
+        "assignee": name_and_address(agent_names.get(ticket.assignee, ""), ticket.assignee)
                     if ticket.assignee else "",
         "other_tickets": others,
         "other_count": other_count,

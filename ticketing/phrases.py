@@ -18,13 +18,13 @@ _DAY_NAMES = dict(zip(DAYS, ("Monday", "Tuesday", "Wednesday", "Thursday", "Frid
 _OTHER_TICKETS = 5
 
 
-def person(name: str, address: str) -> str:
+def name_and_address(name: str, address: str) -> str:
     """ "Name <address>", or the address alone when there is no name (never "<x@y>")."""
     return f"{name} <{address}>" if name.strip() else address
 
 
-def people(addresses: list[Address]) -> list[str]:
-    return [person(a.name, a.address) for a in addresses]
+def names_and_addresses(addresses: list[Address]) -> list[str]:
+    return [name_and_address(a.name, a.address) for a in addresses]
 
 
 def business_days(hours: HoursSettings) -> str:
