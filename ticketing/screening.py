@@ -19,6 +19,7 @@ from ticketing.dsn import (
 from ticketing.identity import LOOP_HEADER, is_our_message_id
 from ticketing.inbound import Inbound
 from ticketing.parse import ParsedMail
+from ticketing.returnpath import outbox_id_of
 from ticketing.settings import Settings
 
 
@@ -186,6 +187,15 @@ def _null_sender(c: Candidate) -> Verdict | None:
     return None
 
 
+def _to_return_path(c: Candidate) -> str | None:
+    # Only machines write to a mail's return path: bounces, and responders, which
+    # RFC 3834 3.1 sends there. People answer From or Reply-To.
+    for address in (*c.inbound.envelope_recipients, *c.mail.delivered_to):
+        if outbox_id_of(address, c.settings) is not None:
+            return f"sent to {address}, the return path of a mail of ours"
+    return None
+
+
 # --- automatic replies and reports --------------------------------------------
 
 
@@ -343,6 +353,7 @@ RULES: tuple[Rule, ...] = (
     Rule("auto-reply-subject", "auto_reply", "auto-responder subject", _auto_subject),
     Rule("junk-precedence", "auto_reply", "Precedence: junk or auto_reply", _junk_precedence),
     Rule("null-sender", "bounce", "empty envelope sender", _null_sender),
+    Rule("return-path", "auto_reply", "sent to one of our mails' return paths", _to_return_path),
     Rule("list-headers", "list", "List-Id, List-Post, list manager marks", _list_headers),
     Rule("list-unsubscribe", "list", "List-Unsubscribe", _list_unsubscribe),
     Rule("list-sender", "list", "a list manager's Sender", _list_sender),
