@@ -119,25 +119,38 @@ async def serve(
     if removed:
         log.warning("removed %d half-written file(s) from %s (a full disk or a crash)",
                     removed, settings.storage_path / "blobs")
-    web_socket = None
-    if settings.web.enabled:
-        from mailgate.web.server import listen, run_web
+    from mailgate.monitoring import Monitor
+    from mailgate.web.server import listen, run_app, run_web
 
+    monitor = Monitor(desk)
+    web_socket = None
+    monitoring_socket = None
+    if settings.monitoring.enabled:
+        try:
+            monitoring_socket = listen(settings.monitoring.host, settings.monitoring.port)
+        except OSError as exc:
+            raise CannotListen("monitoring", settings.monitoring.host,
+                               settings.monitoring.port, exc) from exc
+    if settings.web.enabled:
         try:
             web_socket = listen(settings.web.host, settings.web.port)
         except OSError as exc:
+            if monitoring_socket is not None:
+                monitoring_socket.close()
             raise CannotListen("web", settings.web.host, settings.web.port, exc) from exc
     try:
         server = await loop.create_server(
             smtp_factory(desk, executor), host=settings.smtp.host, port=settings.smtp.port
         )
     except OSError as exc:
-        if web_socket is not None:
-            web_socket.close()
+        for sock in (web_socket, monitoring_socket):
+            if sock is not None:
+                sock.close()
         raise CannotListen("SMTP", settings.smtp.host, settings.smtp.port, exc) from exc
     except BaseException:
-        if web_socket is not None:
-            web_socket.close()
+        for sock in (web_socket, monitoring_socket):
+            if sock is not None:
+                sock.close()
         raise
     address = server.sockets[0].getsockname() if server.sockets else (settings.smtp.host, 0)
     log.info("SMTP listening on %s:%s for %s", address[0], address[1], settings.support.address)
@@ -149,8 +162,14 @@ async def serve(
     ]
     web_task = None
     if web_socket is not None:
-        web_task = asyncio.create_task(run_web(desk, web_socket, executor, stop), name="web")
+        web_task = asyncio.create_task(
+            run_web(desk, web_socket, executor, stop, monitor.request), name="web")
         log.info("Help Desk on %s", settings.web.url)
+    if monitoring_socket is not None:
+        tasks.append(asyncio.create_task(run_app(monitor.app(), monitoring_socket, stop),
+                                         name="monitoring"))
+        where = monitoring_socket.getsockname()
+        log.info("monitoring on http://%s:%s/metrics", where[0], where[1])
     for box in settings.imap:
         fetcher = ImapFetcher(box, desk.engine, desk.ingest, desk.clock)
         tasks.append(asyncio.create_task(fetcher.run(stop), name=f"imap {box.key}"))
@@ -169,4 +188,5 @@ async def serve(
             await asyncio.wait_for(task, timeout=10)
         except (TimeoutError, asyncio.CancelledError):
             task.cancel()
+    desk.on_ingest.remove(monitor.ingested)
     log.info("stopped")

@@ -68,6 +68,7 @@ def make_settings(tmp_path: Path, database_url: str, **sections: dict[str, objec
         "storage": {"path": str(tmp_path / "data")},
         # A port of its own for the Help Desk, so tests running at once never share one.
         "web": {"port": free_port()},
+        "monitoring": {"port": free_port()},
     }
     for key, value in sections.items():
         merged = dict(data.get(key, {}))  # type: ignore[call-overload]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +32,8 @@ class Desk:
     on_commit: list[Callable[[bool], None]] = field(default_factory=list)
     # Where DKIM keys are looked up (agents.trust = "dkim"); None: the system's DNS.
     txt_lookup: TxtLookup | None = None
+    # Told of every mail ingested: how it came, what became of it, the seconds it took.
+    on_ingest: list[Callable[[Inbound, Outcome, float], None]] = field(default_factory=list)
 
     @classmethod
     def create(
@@ -51,7 +54,14 @@ class Desk:
     def ingest(self, inbound: Inbound) -> Outcome:
         from ticketing.ingest import ingest
 
-        return ingest(self, inbound)
+        started = time.monotonic()
+        outcome = ingest(self, inbound)
+        for callback in self.on_ingest:
+            try:
+                callback(inbound, outcome, time.monotonic() - started)
+            except Exception:  # counting must never undo an acknowledged mail
+                log.exception("<%s> counting the ingested mail failed", outcome.message)
+        return outcome
 
     def committed(self, pages: bool) -> None:
         for callback in self.on_commit:

@@ -189,6 +189,15 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    """/healthz, /readyz and /metrics, on an address for the operator's network only."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9125
+
+
+@dataclass(frozen=True)
 class Settings:
     support: SupportSettings = field(default_factory=SupportSettings)
     database_url: str = ""
@@ -207,6 +216,7 @@ class Settings:
     imap: tuple[ImapMailbox, ...] = ()
     limits: LimitSettings = field(default_factory=LimitSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
     @property
     def database(self) -> str:
@@ -239,6 +249,7 @@ _SECTIONS: dict[str, type] = {
     "hours": HoursSettings,
     "limits": LimitSettings,
     "web": WebSettings,
+    "monitoring": MonitoringSettings,
 }
 
 # Environment variables that override secrets and the usual deployment knobs.
@@ -371,6 +382,9 @@ def settings_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> 
         raise ConfigError(f"web.base_url: expected http(s)://host[:port], got {web.base_url!r}")
     if web.port > 65535:
         raise ConfigError(f"web.port: not a port: {web.port}")
+    monitoring: MonitoringSettings = values.get("monitoring", MonitoringSettings())
+    if not 0 <= monitoring.port <= 65535:
+        raise ConfigError(f"monitoring.port: not a port: {monitoring.port}")
     outbound: OutboundSettings = values.get("outbound", OutboundSettings())
     if outbound.relay:
         host, _, port = outbound.relay.rpartition(":")

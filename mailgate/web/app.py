@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from mailgate.monitoring import Timing
 from mailgate.web import account, auth, helpdesk
 from mailgate.web.pages import Web, render
 from mailgate.web.security import Guard
@@ -57,11 +59,14 @@ async def _error(request: Request, exc: Exception) -> Response:
     return render(request, "message.html", status, title=_TITLES.get(status, "Error"), text=text)
 
 
-def create_app(desk: Desk, ingest_executor: Executor | None = None) -> Starlette:
-    """The app for one desk; `ingest_executor` is the pool the mail edges ingest in."""
+def create_app(desk: Desk, ingest_executor: Executor | None = None,
+               observe: Callable[[str, float], None] | None = None) -> Starlette:
+    """The app for one desk; `ingest_executor` is the pool the mail edges ingest in;
+    `observe` is told each request's route template and seconds."""
+    timing = [Middleware(Timing, observe=observe)] if observe is not None else []
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(Guard, max_body=desk.settings.smtp.max_message_size)],
+        middleware=[*timing, Middleware(Guard, max_body=desk.settings.smtp.max_message_size)],
         exception_handlers={HTTPException: _error},
     )
     app.state.web = Web.create(desk, ingest_executor)

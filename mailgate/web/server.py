@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from mailgate.web.app import create_app
 from ticketing.desk import Desk
@@ -41,10 +42,16 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 async def run_web(desk: Desk, sock: socket.socket, ingest_executor: Executor,
-                  stop: asyncio.Event) -> None:
+                  stop: asyncio.Event,
+                  observe: Callable[[str, float], None] | None = None) -> None:
     """Serve the Help Desk until `stop` is set; requests in hand are finished first."""
+    await run_app(create_app(desk, ingest_executor, observe), sock, stop)
+
+
+async def run_app(app: ASGIApp, sock: socket.socket, stop: asyncio.Event) -> None:
+    """Serve one app on a bound socket until `stop` is set."""
     config = uvicorn.Config(
-        create_app(desk, ingest_executor), log_config=None, lifespan="off",
+        app, log_config=None, lifespan="off",
         # Tokens travel in paths: no access log. Forwarded headers are not believed,
         # so the per-client limits count the real peer.
         access_log=False, proxy_headers=False, server_header=False, date_header=True,
