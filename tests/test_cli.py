@@ -35,6 +35,7 @@ def write_config(tmp_path: Path, database_url: str, **extra: str) -> Path:
     # A port of its own, so `deliver` never hands a test's mail to some other server.
     extra.setdefault("smtp", f"port = {free_port()}")
     extra.setdefault("web", f"port = {free_port()}")
+    extra.setdefault("monitoring", f"port = {free_port()}")
     for section, body in extra.items():
         lines += [f"[{section}]", body]
     path = tmp_path / "mailgate.toml"

@@ -79,7 +79,7 @@ def test_the_installed_wheel_runs_the_whole_story_from_another_folder(
     config = elsewhere.parent / "mailgate.toml"  # the config lives elsewhere again
     web = free_port()
     config.write_text(f'[support]\naddress = "support@example.com"\n[smtp]\nport = {port}\n'
-                      f'[web]\nport = {web}\n')
+                      f'[web]\nport = {web}\n[monitoring]\nport = {free_port()}\n')
     init = subprocess.run([str(installed), "--config", str(config), "init"], cwd=elsewhere,
                           env=_env(), capture_output=True, text=True, timeout=120)
     assert init.returncode == 0, init.stderr

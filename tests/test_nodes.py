@@ -37,6 +37,7 @@ def node(tmp_path: Path, name: str, database_url: str, *, relay: str | None,
         "[storage]", f'path = "{folder / "data"}"', f'blobs = "{blobs}"' if blobs else "",
         "[smtp]", f"port = {free_port()}",
         "[web]", f"port = {free_port()}",
+        "[monitoring]", f"port = {free_port()}",
         "[outbound]", f'relay = "{relay}"' if relay else "", "retry_base = 0.2", "lease = 2",
         "[agents]", f'addresses = ["{ALICE}", "{BOB}"]',
     ]
