@@ -222,14 +222,27 @@ def test_a_plain_mail_is_human() -> None:
 
 def test_our_own_mail_coming_back() -> None:
     assert _screen(_with(f"{LOOP_HEADER}: support@example.com")).rule == "own-loop-header"
-    ours = new_message_id("example.com")
+    assert _screen(_with(f"{LOOP_HEADER}: SUPPORT@Example.com")).kind == "own"
+    secret = SETTINGS.support.secret
+    ours = new_message_id("example.com", secret)
     raw = _mail(HUMAN).replace(b"<1@customer.example>", f"<{ours}>".encode())
     verdict = _screen(raw)
     assert (verdict.kind, verdict.rule) == ("own", "own-message-id")
     other_domain = _mail(HUMAN).replace(
-        b"<1@customer.example>", f"<{new_message_id('elsewhere.example')}>".encode()
+        b"<1@customer.example>", f"<{new_message_id('elsewhere.example', secret)}>".encode()
     )
     assert _screen(other_domain).kind == "human"
+
+
+def test_another_desks_loop_header_and_a_lookalike_message_id_are_not_ours() -> None:
+    # Another mailgate desk (a customer's) marks its mail with its own address.
+    assert _screen(_with(f"{LOOP_HEADER}: support@customer.example")).kind == "human"
+    assert _screen(_with(f"{LOOP_HEADER}: yes")).kind == "human"
+    # Our shape and domain, but signed with another secret, or not at all.
+    forged = new_message_id("example.com", "not-our-secret")
+    for lookalike in (forged, "mailgate.0123456789abcdef0123456789abcdef@example.com"):
+        raw = _mail(HUMAN).replace(b"<1@customer.example>", f"<{lookalike}>".encode())
+        assert _screen(raw).kind == "human"
 
 
 @pytest.mark.parametrize(

@@ -260,3 +260,59 @@ def test_dkim_trust_believes_only_a_valid_signature_of_the_agents_domain(
     texts = [m["text"].strip() for m in _shown(desk, number)["messages"]]
     assert texts[-1] == "We are on it."
     assert [t.splitlines()[-1] for t in texts[1:4]] == ["Forged 1.", "Forged 2.", "Forged 4."]
+
+
+# Lookalikes of our own mail, and a Message-ID taken by someone else first.
+
+def test_another_desks_loop_header_and_a_lookalike_message_id_make_tickets(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    desk = _desk(desks, relay)
+    senders = [CAROL, DAVE, "erin@customer.test"]
+    with serving(desk) as port:
+        # A customer whose own desk (mailgate too) marks what it sends.
+        send(port, request("Invoice wrong", "From our desk.", sender=CAROL,
+                           X_Mailgate_Loop="support@customer.test"))
+        # Message-IDs shaped like ours: the old shape, and the new one signed wrongly.
+        for sender, lookalike in (
+            (DAVE, "mailgate.0123456789abcdef0123456789abcdef@example.com"),
+            ("erin@customer.test", "mailgate.0123456789abcdef01234567.0123456789abcdef@example.com"),
+        ):
+            message = request("Invoice wrong", "Lookalike.", sender=sender)
+            message.replace_header("Message-ID", f"<{lookalike}>")
+            send(port, message, sender=sender)
+        confirmations = relay.wait_for(3, where=lambda r: r.rcpt_tos[0] in senders)
+        relay.settle()
+        # Our own mail coming back is still ours: no ticket, no answer.
+        step = len(relay.received)
+        send(port, confirmations[0].raw, sender=CAROL)
+        assert relay.settle()[step:] == []
+    assert sorted(r.rcpt_tos[0] for r in confirmations) == sorted(senders)
+    assert sorted(t.requester for t in _tickets(desk)) == sorted(senders)
+
+
+def test_a_message_id_sent_first_by_someone_else_does_not_swallow_the_real_mail(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    desk = _desk(desks, relay)
+    real = request("Invoice wrong", "My account number is 4711-0815.", sender=f"Carol <{CAROL}>")
+    with serving(desk) as port:
+        taken = request("Hello", "Nothing to see.", sender=EVE)
+        taken.replace_header("Message-ID", real["Message-ID"])
+        send(port, taken, sender=EVE)
+        relay.wait_for(1, where=_to(EVE))
+        send(port, real, sender=CAROL)
+        send(port, real, sender=CAROL)  # the MTA's retry of the same mail is stored once
+        relay.wait_for(1, where=_to(CAROL))
+        relay.settle()
+        # Dave answers Carol's mail with "reply all": it must not reach Eve's ticket.
+        answer = request("Re: Invoice wrong", "Mine too, account 4711-0816.", sender=DAVE,
+                         cc=CAROL, In_Reply_To=real["Message-ID"], References=real["Message-ID"])
+        send(port, answer, sender=DAVE)
+        relay.settle()
+    assert len([r for r in relay.received if r.rcpt_tos[0] == CAROL and "[#" in
+                r.message["Subject"] and "Re:" not in r.message["Subject"]]) == 1
+    assert not [r for r in relay.received if EVE in r.rcpt_tos and "4711" in r.text()]
+    tickets = _tickets(desk)
+    assert [t.requester for t in tickets][:2] == [EVE, CAROL]
+    assert [m["from"] for m in _shown(desk, tickets[0].id)["messages"]] == [EVE]

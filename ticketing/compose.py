@@ -124,7 +124,7 @@ def compose(
     extra_headers: Sequence[tuple[str, str]] = (),
 ) -> OutgoingMail:
     support = settings.support
-    message_id = new_message_id(support.domain)
+    message_id = new_message_id(support.domain, support.secret)
     lines = [
         mime.address_header("From", [mime.address(from_name or support.name, support.address)]),
         mime.address_header("To", [mime.address(a.name, a.address) for a in to]),

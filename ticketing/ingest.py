@@ -42,9 +42,16 @@ MAX_TRIES = 3
 
 
 def dedupe_key(mail: ParsedMail, raw: bytes) -> str:
-    """The same message twice is stored once: by Message-ID, or by its bytes when it has none."""
+    """The same message twice is stored once: the same Message-ID from the same From
+    address with the same body (text, HTML and attachments), or the same bytes when it
+    has no Message-ID. A Message-ID alone is no proof: whoever sends first with a
+    customer's Message-ID must not make the customer's real mail a duplicate."""
     if mail.message_id:
-        return "mid:" + mail.message_id[:900]
+        digest = hashlib.sha256()
+        sender = mail.sender.address if mail.sender else ""
+        for part in (sender, mail.text, mail.html, *(item.sha256 for item in mail.attachments)):
+            digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+        return f"mid:{mail.message_id[:900]} {digest.hexdigest()[:32]}"
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 

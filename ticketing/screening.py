@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from ticketing.addresses import normalize
+from ticketing.conversation import served_addresses
 from ticketing.dsn import (
     DELIVERY_STATUS,
     DISPOSITION,
@@ -78,13 +79,16 @@ class Rule:
 
 
 def _own_loop_header(c: Candidate) -> str | None:
-    if any(key == LOOP_HEADER.lower() for key, _ in c.mail.headers):
+    # Another desk's mail carries the header too, with its own address.
+    ours = served_addresses(c.settings)
+    if any(normalize(value) in ours for value in c.mail.header_all(LOOP_HEADER.lower())):
         return f"carries our {LOOP_HEADER} header"
     return None
 
 
 def _own_message_id(c: Candidate) -> str | None:
-    if c.mail.message_id and is_our_message_id(c.mail.message_id, c.settings.support.domain):
+    support = c.settings.support
+    if c.mail.message_id and is_our_message_id(c.mail.message_id, support.domain, support.secret):
         return f"Message-ID <{c.mail.message_id}> is one we made"
     return None
 

@@ -81,6 +81,12 @@ def _save(session: Session, message: Message, files: list[StoredFile], ticket: T
         if known is None:
             assert ticket.id is not None
             session.add(ThreadRef(message_id=message.message_id, ticket_id=ticket.id))
+        elif known.ticket_id != ticket.id:
+            # Two different mails (not copies of one) with one Message-ID, on two tickets:
+            # one of them is forged, and an answer naming it must join neither.
+            log.warning("<%s> also names a mail on #%s: it threads no ticket any more",
+                        message.message_id, known.ticket_id)
+            session.delete(known)
 
 
 def _sender(mail: ParsedMail, inbound: Inbound) -> Address | None:
@@ -120,7 +126,8 @@ def file_classified(
     # Where it came back to: one mail's own return path, or (to file it on its
     # ticket only) the Message-ID of a mail of ours it quotes.
     came_back = returned_to(session, _return_addresses(inbound, mail), desk.settings)
-    returned = came_back or _returned_mail(session, inbound.raw, desk.settings.support.domain)
+    support = desk.settings.support
+    returned = came_back or _returned_mail(session, inbound.raw, support.domain, support.secret)
     if ticket is None and returned is not None and returned.ticket_id is not None:
         ticket = session.get(Ticket, returned.ticket_id)
     message.kind = verdict.kind
@@ -209,9 +216,9 @@ def file_postmaster(
     return Outcome("classified", None, message.id, message.detail)
 
 
-def _returned_mail(session: Session, raw: bytes, domain: str) -> Outbox | None:
+def _returned_mail(session: Session, raw: bytes, domain: str, secret: str) -> Outbox | None:
     """The mail of ours that a bounce or auto-reply returns, found by its Message-ID."""
-    found = [m.lower() for m in our_message_ids_in(raw, domain)]
+    found = [m.lower() for m in our_message_ids_in(raw, domain, secret)]
     if not found:
         return None
     # The returned mail's own Message-ID header first: ours named in its References
