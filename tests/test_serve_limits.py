@@ -84,7 +84,7 @@ def test_serve_waits_for_a_database_that_is_not_there_yet(
                 assert b"listening" in process.stdout.readline(), log.read_text()
                 assert send(port, request("after the wait", "hello")) == {}
                 process.send_signal(signal.SIGTERM)
-                assert process.wait(30) == 0
+                assert process.wait(30) == 0, log.read_text()[-4000:]
             finally:
                 if process.poll() is None:
                     process.kill()
@@ -129,7 +129,10 @@ def test_running_out_of_file_descriptors_is_logged_once_a_minute(tmp_path: Path)
     port = free_port()
     config = write_config(tmp_path, f"sqlite:///{tmp_path / 'data' / 'mailgate.sqlite3'}",
                           smtp=f"port = {port}\nmax_connections_per_client = 0\n"
-                               "max_connections = 0")
+                               "max_connections = 0",
+                          # The SMTP listener alone: the web server loads its protocol
+                          # modules only once serving, which a full table would stop.
+                          web="enabled = false")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
     assert subprocess.run([*MAILGATE, "--config", str(config), "init"], env=env,
                           capture_output=True, timeout=120, check=False).returncode == 0
@@ -153,7 +156,7 @@ def test_running_out_of_file_descriptors_is_logged_once_a_minute(tmp_path: Path)
             held.clear()
             assert send(port, request("after the flood", "hello")) == {}
             process.send_signal(signal.SIGTERM)
-            assert process.wait(30) == 0
+            assert process.wait(30) == 0, log.read_text()[-4000:]
         finally:
             for client in held:
                 client.close()
@@ -162,5 +165,5 @@ def test_running_out_of_file_descriptors_is_logged_once_a_minute(tmp_path: Path)
     text = log.read_text(errors="replace")
     (line,) = _log_lines(log, "Too many open files")
     assert "cannot accept connections" in line
-    assert "Traceback" not in text
+    assert "Traceback" not in text, text[-4000:]
     assert len(text) < 20_000
