@@ -205,7 +205,7 @@ def test_every_accepted_message_is_accounted_for_none_quarantined(corpus_run: Co
     assert said_duplicate == sorted(duplicates)
 
 
-# mail-parser's gaps on real mail (FACTS.md): each must still come out whole.
+# mail-parser's known gaps on real mail: each must still come out whole.
 NO_BODY_IN_MAIL_PARSER = [
     "sisimai-set-of-emails/lhost-sendgrid-02.eml",  # mail-parser raises AttributeError
     "mimekit/missing-subtype.txt",

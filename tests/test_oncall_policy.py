@@ -60,7 +60,7 @@ def test_paging_policy_over_a_week(
     at: datetime, wall: str, inside: bool, severity: Severity, s1_outside_hours: bool
 ) -> None:
     oncall = OncallSettings(s1_outside_hours=s1_outside_hours)
-    # SPEC section 5: S0 pages day and night; S1 only outside hours and only when asked for.
+    # S0 pages day and night; S1 only outside hours and only when asked for.
     expected = severity is Severity.S0 or (
         severity is Severity.S1 and s1_outside_hours and not inside
     )

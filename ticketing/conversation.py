@@ -90,7 +90,9 @@ def find_ticket(
     session: Session, mail: ParsedMail, inbound: Inbound, settings: Settings, sender: str,
     sender_is_agent: bool = False, unverified_agent: bool = False,
 ) -> Match | None:
-    """The ticket a mail answers, by SPEC section 3's order; None means a new ticket.
+    """The ticket a mail answers: its thread references (nearest first), then a ticket
+    address among its recipients, then a [#N] subject tag from an authenticated agent or
+    someone on that ticket. None means a new ticket.
 
     The ticket row is locked (FOR UPDATE, on PostgreSQL) so two replies at once apply
     their assignment, status and severity one after the other, not over each other.

@@ -366,7 +366,7 @@ def parse_mail(raw: bytes) -> ParsedMail:
     if not isinstance(message, Message):
         message = email.message_from_bytes(raw, policy=email.policy.compat32)
     # One walk of the same tree finds what mail-parser leaves out: enclosed messages,
-    # TNEF, report parts, bodies it reads as empty (FACTS: its gaps on real mail).
+    # TNEF, report parts, bodies it reads as empty (its known gaps on real mail).
     walk = _Walk()
     walk.part(_tree(raw, message))
     walked_text = "\n".join(t for t in walk.text if t.strip())

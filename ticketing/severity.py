@@ -1,4 +1,4 @@
-"""Severity levels and the subject tags that set them (SPEC section 1)."""
+"""Severity levels and the subject tags that set them (S3 when none does)."""
 
 from __future__ import annotations
 

@@ -319,7 +319,8 @@ def open_ticket(
 
 
 def _calls_for_page(desk: Desk, severity: Severity) -> bool:
-    """Whether a ticket of this severity pages on-call now (SPEC section 5)."""
+    """Whether a ticket of this severity pages on-call now: S0 day and night, S1 outside
+    business hours when the on-call settings ask for it."""
     settings = desk.settings
     return oncall.should_page(severity, desk.clock.now(), settings.oncall, settings.hours)
 
