@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mailgate.monitoring import Timing
-from mailgate.web import account, auth, helpdesk
+from mailgate.web import account, auth, desk, helpdesk
 from mailgate.web.pages import Web, render
 from mailgate.web.security import Guard
 from ticketing.desk import Desk
@@ -45,6 +45,8 @@ ROUTES = [
     Route("/requests/{number:int}", helpdesk.ticket_page),
     Route("/requests/{number:int}/reply", helpdesk.reply, methods=["POST"]),
     Route("/requests/{number:int}/files/{file_id:int}/{name}", helpdesk.download),
+    # The agents' desk
+    Route("/desk", desk.queue_page),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]
 

@@ -60,7 +60,15 @@ async def _ingest(request: Request, inbound: Inbound) -> Outcome:
 
 
 async def home(request: Request) -> Response:
-    return redirect("/requests" if await current_account(request) else "/sign-in")
+    """Customers to their requests, agents to the Queue, anyone else to sign in."""
+    from mailgate.web.desk import agent_signed_in
+
+    account = await current_account(request)
+    if account is None:
+        return redirect("/sign-in")
+    if await in_thread(agent_signed_in, web_of(request).desk, account.address):
+        return redirect("/desk")
+    return redirect("/requests")
 
 
 # --- My requests and a ticket ----------------------------------------------------------
@@ -74,6 +82,10 @@ def _mine(desk: Desk, address: str, page: int) -> list[Any]:
 @signed_in
 async def my_requests(request: Request) -> Response:
     account: Account = request.state.account
+    from mailgate.web.desk import agent_signed_in
+
+    if await in_thread(agent_signed_in, web_of(request).desk, account.address):
+        return redirect("/desk")  # an agent's home is the Queue
     page = request.query_params.get("page", "0")
     number = int(page) if page.isdigit() and len(page) < 6 else 0
     tickets = await in_thread(_mine, web_of(request).desk, account.address, number)

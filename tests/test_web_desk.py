@@ -1,0 +1,79 @@
+"""The agents' desk on the web, in a real browser: the Queue, and customers kept out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.harness import Relay, request, send, wait_until_sent
+from tests.helpdesk import HelpDesk, helpdesk
+from tests.servers import free_port
+from ticketing.desk import Desk
+
+ALICE = "alice@example.com"
+CAROL = "carol@customer.test"
+PASSWORD = "correct horse battery"
+
+
+def _desk(desks: Callable[..., Desk], relay: Relay) -> Desk:
+    return desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+                 agents={"addresses": [ALICE]})
+
+
+def _sign_in(hd: HelpDesk, page: Any, address: str) -> None:
+    page.goto(hd.url + "/sign-in")
+    page.fill("#email", address)
+    page.fill("#password", PASSWORD)
+    page.click("form[action='/sign-in'] button")
+    page.wait_for_selector("text=Sign out")
+
+
+def _numbers(page: Any) -> list[str]:
+    return [cell.strip() for cell in page.locator("tr.ticket td:first-child").all_inner_texts()]
+
+
+def test_an_agent_lands_on_the_queue_most_urgent_first_and_filters_it(
+    desks: Callable[..., Desk], relay: Relay, person: Callable[[], Any]
+) -> None:
+    with helpdesk(_desk(desks, relay), relay) as hd:
+        hd.add_account(ALICE, "Alice Agent", password=PASSWORD)
+        send(hd.smtp_port, request("Invoices are wrong", "The totals are doubled."))
+        send(hd.smtp_port, request("[S0] Everything is down", "No page loads at all."))
+        send(hd.smtp_port, request("Printer jams", "Tray two, every morning."))
+        wait_until_sent(hd.desk.engine)
+        page = person()
+        _sign_in(hd, page, ALICE)
+        assert page.url == hd.url + "/desk"
+        # S0 first, then the one waiting longest.
+        assert _numbers(page) == ["#2", "#1", "#3"]
+        assert "S0" in page.inner_text("tr.ticket:first-child")
+        assert "carol@customer.test" in page.inner_text("tr.ticket:first-child")
+        page.select_option("select[name=severity]", "0")
+        page.click("form.filters button")
+        assert _numbers(page) == ["#2"]
+        page.goto(hd.url + "/desk?q=tray+morning")
+        assert _numbers(page) == ["#3"]
+        page.goto(hd.url + "/desk?q=doubled")
+        assert _numbers(page) == ["#1"]
+        page.goto(hd.url + "/desk?unassigned=1")
+        assert len(_numbers(page)) == 3
+        page.goto(hd.url + "/desk?mine=1")
+        assert _numbers(page) == []
+
+
+def test_a_customer_gets_a_404_for_every_desk_page(
+    desks: Callable[..., Desk], relay: Relay, person: Callable[[], Any]
+) -> None:
+    with helpdesk(_desk(desks, relay), relay) as hd:
+        hd.add_account(CAROL, password=PASSWORD)
+        send(hd.smtp_port, request("Invoices are wrong", "The totals are doubled."))
+        page = person()
+        _sign_in(hd, page, CAROL)
+        assert page.url == hd.url + "/requests"
+        for path in DESK_PAGES:
+            response = page.goto(hd.url + path)
+            assert response.status == 404, path
+            assert "Queue" not in page.content()
+
+
+DESK_PAGES = ["/desk", "/desk?q=doubled"]

@@ -1,0 +1,101 @@
+"""The agents' queue: open tickets, the most urgent and longest waiting first, filtered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_
+from sqlmodel import Session, col, select
+
+from ticketing.models import Message, Ticket
+from ticketing.participants import agent_addresses
+from ticketing.settings import Settings
+from ticketing.severity import Severity
+
+OPEN = ("open", "pending")
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    status: str = ""  # "" for open and pending; or one status; or "all"
+    severity: int | None = None
+    mine: str = ""  # an agent's address: their tickets only
+    unassigned: bool = False
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class QueueLine:
+    number: int
+    subject: str
+    requester: str
+    severity: Severity
+    status: str
+    assignee: str
+    age: timedelta
+    customer_wrote: timedelta | None  # since the customer last wrote
+
+
+def _naive(value: datetime) -> datetime:
+    return value.replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def search_ids(session: Session, text: str) -> Any:
+    """Tickets whose subject or any mail's text holds the words (every word, any case).
+    A LIKE scan: fine for a desk's tens of thousands of mails."""
+    words = [w for w in text.lower().split() if w][:8]
+    query = select(Ticket.id)
+    for word in words:
+        pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        in_mail = select(Message.ticket_id).where(
+            func.lower(Message.text).like(pattern, escape="\\"))
+        query = query.where(or_(func.lower(Ticket.subject).like(pattern, escape="\\"),
+                                col(Ticket.id).in_(in_mail)))
+    return query
+
+
+def queue(session: Session, settings: Settings, wanted: QueueFilter, now: datetime,
+          limit: int = 200) -> list[QueueLine]:
+    agents = set(agent_addresses(session, settings))
+    customer_wrote = (
+        select(Message.ticket_id, func.max(Message.created_at).label("at"))
+        .where(Message.direction == "in", col(Message.ticket_id).is_not(None),
+               col(Message.from_address).not_in(agents or {""}))
+        .group_by(col(Message.ticket_id))
+        .subquery()
+    )
+    waiting = func.coalesce(customer_wrote.c.at, Ticket.created_at)
+    query = select(Ticket, customer_wrote.c.at).outerjoin(
+        customer_wrote, customer_wrote.c.ticket_id == Ticket.id)
+    if wanted.status == "all":
+        pass
+    elif wanted.status:
+        query = query.where(Ticket.status == wanted.status)
+    else:
+        query = query.where(col(Ticket.status).in_(OPEN))
+    if wanted.severity is not None:
+        query = query.where(Ticket.severity == wanted.severity)
+    if wanted.mine:
+        query = query.where(Ticket.assignee == wanted.mine)
+    if wanted.unassigned:
+        query = query.where(or_(col(Ticket.assignee).is_(None), col(Ticket.assignee) == ""))
+    if wanted.text.strip():
+        query = query.where(col(Ticket.id).in_(search_ids(session, wanted.text)))
+    query = query.order_by(col(Ticket.severity), waiting, col(Ticket.id)).limit(limit)
+    now = _naive(now)
+    lines = []
+    for ticket, wrote in session.exec(query).all():
+        assert ticket.id is not None
+        lines.append(QueueLine(
+            number=ticket.id, subject=ticket.subject, requester=ticket.requester,
+            severity=Severity(ticket.severity), status=ticket.status,
+            assignee=ticket.assignee or "", age=now - _naive(ticket.created_at),
+            customer_wrote=now - _naive(wrote) if wrote is not None else None,
+        ))
+    return lines
+
+
+def is_agent(session: Session, settings: Settings, address: str) -> bool:
+    return address.lower() in agent_addresses(session, settings)
