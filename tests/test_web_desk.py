@@ -77,3 +77,62 @@ def test_a_customer_gets_a_404_for_every_desk_page(
 
 
 DESK_PAGES = ["/desk", "/desk?q=doubled"]
+
+
+def test_an_agent_notes_changes_and_answers_from_the_ticket_page(
+    desks: Callable[..., Desk], relay: Relay, person: Callable[[], Any]
+) -> None:
+    with helpdesk(_desk(desks, relay), relay) as hd:
+        hd.add_account(ALICE, "Alice Agent", password=PASSWORD)
+        send(hd.smtp_port, request("Invoices are wrong", "The totals are doubled."))
+        wait_until_sent(hd.desk.engine)
+        page = person()
+        _sign_in(hd, page, ALICE)
+        page.click("text=#1")
+        assert "The totals are doubled." in page.inner_text(".thread")
+        # An internal note, seen by agents only, marked as such.
+        page.check("input[name=kind][value=note]")
+        page.fill("#text", "Looks like the tax rounding bug again.")
+        page.click("form.act button")
+        assert "Internal note" in page.inner_text("article.note")
+        assert "tax rounding" in page.inner_text("article.note")
+        # A public answer that also marks it pending and raises it to S1.
+        page.fill("#text", "We are on it; a fix ships today.")
+        page.select_option("#status", "pending")
+        page.select_option("#severity", "S1")
+        page.click("form.act button")
+        assert page.inner_text(".status") == "pending"
+        assert page.inner_text(".sev") == "S1"
+        assert page.inner_text(".assignee") == ALICE  # the first agent to answer takes it
+        history = page.inner_text(".audit")
+        assert "status open → pending" in history and "via web" in history
+        assert "severity S3 → S1" in history
+        answer = hd.mails_to(CAROL, "Invoices are wrong", count=2)
+        assert any("a fix ships today" in mail.text() for mail in answer)
+        assert not any("tax rounding" in r.text() for r in relay.received)
+
+
+def test_a_stale_form_says_so_instead_of_overwriting(
+    desks: Callable[..., Desk], relay: Relay, person: Callable[[], Any]
+) -> None:
+    with helpdesk(_desk(desks, relay), relay) as hd:
+        hd.add_account(ALICE, "Alice Agent", password=PASSWORD)
+        send(hd.smtp_port, request("Invoices are wrong", "The totals are doubled."))
+        wait_until_sent(hd.desk.engine)
+        first = person()
+        _sign_in(hd, first, ALICE)
+        first.goto(hd.url + "/desk/tickets/1")
+        second = first.context.new_page()  # another tab, the same agent
+        second.goto(hd.url + "/desk/tickets/1")
+        second.select_option("#status", "solved")
+        second.check("input[name=kind][value=note]")
+        second.click("form.act button")
+        assert second.inner_text(".status") == "solved"
+        # The first tab still shows "open": its change is refused, nothing overwritten.
+        first.select_option("#status", "pending")
+        first.fill("#text", "Moving this to pending.")
+        first.click("form.act button")
+        assert "changed since you opened it" in first.inner_text(".error")
+        assert first.inner_text(".status") == "solved"
+        assert first.input_value("#text") == "Moving this to pending."
+        assert "Moving this" not in first.inner_text(".thread")

@@ -47,6 +47,8 @@ ROUTES = [
     Route("/requests/{number:int}/files/{file_id:int}/{name}", helpdesk.download),
     # The agents' desk
     Route("/desk", desk.queue_page),
+    Route("/desk/tickets/{number:int}", desk.ticket_page),
+    Route("/desk/tickets/{number:int}", desk.act, methods=["POST"]),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]
 

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import secrets
 from datetime import timedelta
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from mailgate.web.pages import Endpoint, current_account, in_thread, redirect, render, web_of
-from ticketing.db import transaction
+from mailgate.web.helpdesk import EXPIRED
+from mailgate.web.pages import (
+    Endpoint,
+    Posted,
+    current_account,
+    in_thread,
+    read_form,
+    redirect,
+    render,
+    web_of,
+)
+from mailgate.web.submission import reply_inbound
+from ticketing.commands import STATUSES
+from ticketing.conversation import reply_address, subject_tag
+from ticketing.db import StorageError, transaction
 from ticketing.desk import Desk
-from ticketing.models import Account
+from ticketing.models import Account, Ticket
+from ticketing.portal import ticket_view
 from ticketing.queueview import QueueFilter, QueueLine, is_agent, queue
+from ticketing.reports import show_ticket
 from ticketing.severity import Severity
 
 
@@ -79,3 +97,115 @@ async def queue_page(request: Request) -> Response:
     lines = await in_thread(_queue, web_of(request).desk, wanted)
     return render(request, "desk/queue.html", lines=lines, wanted=wanted, ago=ago,
                   levels=sorted(Severity, reverse=True))
+
+
+# --- A ticket, and what an agent does on it --------------------------------------------
+
+STALE = ("This ticket changed since you opened it (by someone else, or in another tab), so "
+         "nothing was done. Look at it again below, then send your change once more.")
+
+
+def _ticket(desk: Desk, number: int) -> tuple[dict[str, Any], str, str] | None:
+    """The ticket as the CLI shows it, its thread's root Message-ID, and its version."""
+    with transaction(desk.engine) as session:
+        ticket = session.get(Ticket, number)
+        if ticket is None:
+            return None
+        shown = show_ticket(session, number)
+        assert shown is not None
+        root = ticket_view(session, desk.settings, ticket).root_message_id
+        return shown, root, version_of(ticket)
+
+
+def version_of(ticket: Ticket) -> str:
+    """What a form carries to say which state of the ticket it was made from."""
+    return ticket.updated_at.isoformat()
+
+
+def _number(request: Request) -> int:
+    number: int = request.path_params["number"]
+    return number
+
+
+async def _show(request: Request, status: int = 200, error: str = "", text: str = "",
+                nonce: str = "") -> Response:
+    found = await in_thread(_ticket, web_of(request).desk, _number(request))
+    if found is None:
+        raise HTTPException(404)
+    shown, _, version = found
+    return render(request, "desk/ticket.html", status, t=shown, version=version, error=error,
+                  text=text, nonce=nonce or secrets.token_hex(16), statuses=STATUSES,
+                  levels=sorted(Severity))
+
+
+@agents_only
+async def ticket_page(request: Request) -> Response:
+    return await _show(request)
+
+
+def _commands(form: Posted) -> str:
+    """The form's choices as the command lines an agent's mail would start with."""
+    lines = []
+    if form.text("kind") == "note":
+        lines.append("#note")
+    status = form.text("status")
+    if status in STATUSES:
+        lines.append(f"#status {status}")
+    severity = form.text("severity")
+    if severity in ("S0", "S1", "S2", "S3"):
+        lines.append(f"#severity {severity}")
+    assign = " ".join(form.text("assign", 320).split())
+    if assign:
+        lines.append(f"#assign {assign}")
+    return "\n".join(lines)
+
+
+@agents_only
+async def act(request: Request) -> Response:
+    """Reply, note, status, severity, assign: sent as the agent's mail with its command lines
+    would be, through the one ingest, so mail and web change a ticket the same way."""
+    account: Account = request.state.account
+    desk = web_of(request).desk
+    form, ours = await read_form(request)
+    text = form.text("text", 1_000_000)
+    nonce = form.text("nonce", 32)
+    if not ours:
+        return await _show(request, 403, EXPIRED, text, nonce)
+    found = await in_thread(_ticket, desk, _number(request))
+    if found is None:
+        raise HTTPException(404)
+    shown, root, version = found
+    if form.text("version") != version:
+        return await _show(request, 409, STALE, text, nonce)
+    # Only what was changed from what the form showed is asked for.
+    status = form.text("status")
+    severity = form.text("severity")
+    changes = Posted([
+        ("kind", form.text("kind")),
+        ("status", status if status != shown["status"] else ""),
+        ("severity", severity if severity != shown["severity"] else ""),
+        ("assign", form.text("assign") if form.text("assign") != (shown["assignee"] or "") else ""),
+    ])
+    commands = _commands(changes)
+    if not commands and not text.strip():
+        return await _show(request, 400, "Write a reply or a note, or change something.", text,
+                           nonce)
+    if not text.strip() and "#note" not in commands:
+        commands = "#note\n" + commands  # a change alone tells no customer anything
+    number = _number(request)
+    inbound = reply_inbound(
+        desk.settings, account, nonce if len(nonce) == 32 else secrets.token_hex(16),
+        desk.clock.now(), reply_to=reply_address(number, desk.settings),
+        subject=f"Re: {subject_tag(number)} {shown['subject']}", root=root,
+        text=(commands + "\n\n" + text).strip("\n"), uploads=form.files("attachments"))
+    loop = asyncio.get_running_loop()
+    web = web_of(request)
+    try:
+        outcome = await loop.run_in_executor(web.ingest_executor, desk.ingest, inbound)
+    except StorageError:
+        return await _show(request, 503, "The change could not be stored just now; nothing "
+                           "was done. Please send it again in a minute.", text, nonce)
+    if outcome.ticket != number or outcome.detail.startswith("command error"):
+        return await _show(request, 422, "The change could not be made: " + outcome.detail,
+                           text, nonce)
+    return redirect(f"/desk/tickets/{number}")
