@@ -297,6 +297,57 @@ def cmd_tickets(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _incident_text(incidents: list[dict[str, Any]]) -> str:
+    if not incidents:
+        return "no incidents"
+    rows = [{**i, "number": f"{i['number']}", "tickets": [f"#{t}" for t in i["tickets"]]}
+            for i in incidents]
+    return _table(rows, (("INCIDENT", "number"), ("STATE", "state"), ("COMPONENTS", "components"),
+                         ("TICKETS", "tickets"), ("UPDATED", "updated_at"), ("TITLE", "title")))
+
+
+def cmd_incidents(settings: Settings, args: argparse.Namespace) -> int:
+    from ticketing.db import transaction
+    from ticketing.incidents import (
+        IncidentError,
+        describe,
+        list_incidents,
+        open_incident,
+        post_update,
+    )
+    from ticketing.models import Incident
+
+    desk = _desk(settings)
+    now = desk.clock.now()
+    author = os.environ.get("USER", "") or "operator"
+    try:
+        with transaction(desk.engine) as session:
+            if args.action == "list":
+                _print(list_incidents(session), args.json, _incident_text)
+                return 0
+            if args.action == "open":
+                components = [c for c in (args.components or "").split(",") if c.strip()]
+                incident, _ = open_incident(
+                    session, args.title, components=components, state=args.state,
+                    message=args.message, author=author, now=now,
+                    known=settings.status.components)
+            else:
+                found = session.get(Incident, args.number)
+                if found is None:
+                    print(f"mailgate: no incident {args.number}", file=sys.stderr)
+                    return 1
+                incident = found
+                state = "resolved" if args.action == "resolve" else args.state
+                post_update(session, incident, state=state, message=args.message or "",
+                            author=author, now=now)
+            shown = describe(session, incident)
+    except IncidentError as exc:
+        print(f"mailgate: incidents {args.action}: {exc}", file=sys.stderr)
+        return exitcodes.EX_USAGE
+    print(f"incident {shown['number']}: {shown['state']}: {shown['title']}")
+    return 0
+
+
 def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
     from mailgate.outbound import retry_now
     from ticketing.db import transaction
@@ -491,6 +542,25 @@ def parser() -> argparse.ArgumentParser:
     for p in (listing, show):
         p.add_argument("--json", action="store_true")
         p.set_defaults(run=cmd_tickets)
+
+    incidents = sub.add_parser("incidents", help="the status page's incidents").add_subparsers(
+        dest="action", required=True)
+    opening = incidents.add_parser("open", help="open an incident with its first update")
+    opening.add_argument("title")
+    opening.add_argument("--components", default="", help="comma-separated, from [status]")
+    opening.add_argument("--state", default="investigating")
+    opening.add_argument("--message", required=True)
+    update = incidents.add_parser("update", help="post an update, perhaps with a new state")
+    update.add_argument("number", type=int)
+    update.add_argument("--state", default=None)
+    update.add_argument("--message", default="")
+    resolve = incidents.add_parser("resolve", help="mark it resolved")
+    resolve.add_argument("number", type=int)
+    resolve.add_argument("--message", default="")
+    listing = incidents.add_parser("list")
+    listing.add_argument("--json", action="store_true")
+    for p in (opening, update, resolve, listing):
+        p.set_defaults(run=cmd_incidents)
 
     outbox = sub.add_parser("outbox", help="inspect and retry outgoing mail").add_subparsers(
         dest="action", required=True)

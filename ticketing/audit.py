@@ -91,7 +91,7 @@ def describe(event: dict[str, Any]) -> str:
     what, old, new = event["what"], event["old"], event["new"]
     if what == "follower":
         change = f"+ {new}" if new else f"- {old}"
-    elif what in ("page", "opened"):
+    elif what in ("page", "opened", "incident"):
         change = new
     else:
         change = f"{old or '-'} -> {new or '-'}"

@@ -1,4 +1,5 @@
-"""Agent commands on their own lines at the top of a mail: #note, #status, #severity, #assign."""
+"""Agent commands on their own lines at the top of a mail: #note, #status, #severity, #assign,
+#incident."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from dataclasses import dataclass, field
 from ticketing.severity import Severity
 
 STATUSES = ("open", "pending", "solved", "closed")
-_COMMAND = re.compile(r"^#(note|status|severity|assign|unfollow)\b[ \t]*(.*?)\s*$", re.IGNORECASE)
+_COMMAND = re.compile(r"^#(note|status|severity|assign|incident|unfollow)\b[ \t]*(.*?)\s*$",
+                      re.IGNORECASE)
 _UNFOLLOW = re.compile(r"^[ \t]*#unfollow[ \t]*$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -20,6 +22,7 @@ class Commands:
     status: str | None = None
     severity: Severity | None = None
     assign: str | None = None  # "me" or an address
+    incident: int | None = None  # attach the ticket to this incident
     errors: tuple[str, ...] = ()
     lines: tuple[str, ...] = field(default=(), repr=False)
 
@@ -30,6 +33,7 @@ def split_commands(text: str) -> tuple[Commands, str]:
     index = 0
     note = False
     status = severity = assign = None
+    incident: int | None = None
     errors: list[str] = []
     found: list[str] = []
     while index < len(lines):
@@ -62,8 +66,14 @@ def split_commands(text: str) -> tuple[Commands, str]:
                 assign = argument.lower()
             else:
                 errors.append(f"{line}: give 'me' or an agent's address")
+        elif name == "incident":
+            number = argument.removeprefix("#")
+            if number.isdigit() and int(number) > 0:
+                incident = int(number)
+            else:
+                errors.append(f"{line}: give the incident's number, as in #incident 1")
     rest = "\n".join(lines[index:]).strip("\n")
-    commands = Commands(note, status, severity, assign, tuple(errors), tuple(found))
+    commands = Commands(note, status, severity, assign, incident, tuple(errors), tuple(found))
     return commands, rest
 
 

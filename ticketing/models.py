@@ -281,7 +281,44 @@ class TicketEvent(SQLModel, table=True):
     actor: str = Field(max_length=320)
     actor_name: str = Field(default="", max_length=200)
     route: str = Field(max_length=16)  # mail | web | cli | system
-    what: str = Field(max_length=16)  # opened | status | severity | assignee | follower | page
+    # opened | status | severity | assignee | follower | page | incident
+    what: str = Field(max_length=16)
     old: str = Field(default="", max_length=320)
     new: str = Field(default="", max_length=320)
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+
+
+class Incident(SQLModel, table=True):
+    """An outage or degradation shown on the status page, numbered from 1."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    title: str = Field(max_length=200)
+    # investigating | identified | monitoring | resolved
+    state: str = Field(max_length=16, index=True)
+    # The affected components, comma-separated, as `[status] components` names them.
+    components: str = Field(default="", max_length=2000)
+    opened_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None = None
+
+
+class IncidentUpdate(SQLModel, table=True):
+    """One update on an incident: the state it put the incident in, and what it says."""
+
+    __table_args__ = (Index("ix_incidentupdate_incident", "incident_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id")
+    at: datetime
+    state: str = Field(max_length=16)
+    text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    author: str = Field(default="", max_length=320)
+
+
+class IncidentTicket(SQLModel, table=True):
+    """A ticket attached to an incident: a customer reporting the same outage."""
+
+    incident_id: int = Field(foreign_key="incident.id", primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", primary_key=True, index=True)
+    attached_at: datetime
+    attached_by: str = Field(default="", max_length=320)

@@ -198,6 +198,15 @@ class MonitoringSettings:
 
 
 @dataclass(frozen=True)
+class StatusSettings:
+    # The parts of the service the status page shows, in order; incidents name them.
+    components: tuple[str, ...] = ()
+    # Subscription mails (confirmation links) per address and per client address per hour.
+    subscribe_per_address_per_hour: int = 3
+    subscribe_per_client_per_hour: int = 10
+
+
+@dataclass(frozen=True)
 class Settings:
     support: SupportSettings = field(default_factory=SupportSettings)
     database_url: str = ""
@@ -217,6 +226,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     web: WebSettings = field(default_factory=WebSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    status: StatusSettings = field(default_factory=StatusSettings)
 
     @property
     def database(self) -> str:
@@ -250,6 +260,7 @@ _SECTIONS: dict[str, type] = {
     "limits": LimitSettings,
     "web": WebSettings,
     "monitoring": MonitoringSettings,
+    "status": StatusSettings,
 }
 
 # Environment variables that override secrets and the usual deployment knobs.

@@ -20,7 +20,8 @@ from ticketing.conversation import clean_subject, find_ticket, is_ours
 from ticketing.dsn import read_complaint
 from ticketing.identity import our_message_ids_in
 from ticketing.inbound import Inbound, Outcome
-from ticketing.models import Account, Attachment, Message, Outbox, ThreadRef, Ticket
+from ticketing.incidents import attach
+from ticketing.models import Account, Attachment, Incident, Message, Outbox, ThreadRef, Ticket
 from ticketing.parse import ParsedMail
 from ticketing.participants import (
     add_participants,
@@ -387,6 +388,9 @@ def file_reply(
     errors = list(commands.errors)
     if commands.assign and commands.assign != "me" and commands.assign not in agents:
         errors.append(f"#assign {commands.assign}: not an agent address")
+    incident = session.get(Incident, commands.incident) if commands.incident else None
+    if commands.incident and incident is None:
+        errors.append(f"#incident {commands.incident}: no such incident")
     if errors:
         message.kind = "rejected"
         message.detail = "; ".join(errors)[:2000]
@@ -423,6 +427,8 @@ def file_reply(
     _escalation(session, desk, ticket, *before, by_agent=is_agent)
     paging = oncall.queued(session) > queued
     record_changes(session, ticket, actor, now, before[0], before[1], assignee)
+    if incident is not None:
+        attach(session, incident, ticket, actor, now)
     _tell(session, desk, ticket, message, mail, commands, is_agent, now,
           status_change=status_change, raised_from=before[0], paging=paging)
     return Outcome("reply", ticket.id, message.id, f"{message.kind} by {match.how}")
