@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from tests.harness import Relay, request, send, wait_until_sent
-from tests.helpdesk import HelpDesk, helpdesk
+from tests.helpdesk import HelpDesk, WebClient, helpdesk
 from tests.servers import free_port
+from ticketing.db import transaction
 from ticketing.desk import Desk
+from ticketing.models import Ticket
 
 ALICE = "alice@example.com"
 CAROL = "carol@customer.test"
@@ -76,7 +79,42 @@ def test_a_customer_gets_a_404_for_every_desk_page(
             assert "Queue" not in page.content()
 
 
-DESK_PAGES = ["/desk", "/desk?q=doubled"]
+DESK_PAGES = ["/desk", "/desk?q=doubled", "/desk/tickets/1"]
+
+
+def test_desk_posts_without_the_form_token_or_from_a_customer_change_nothing(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    with helpdesk(_desk(desks, relay), relay) as hd:
+        hd.add_account(ALICE, "Alice Agent", password=PASSWORD)
+        hd.add_account(CAROL, password=PASSWORD)
+        send(hd.smtp_port, request("Invoices are wrong", "The totals are doubled."))
+        wait_until_sent(hd.desk.engine)
+        agent = WebClient(hd.url)
+        agent.sign_in(ALICE, PASSWORD)
+        status, _, body = agent.get("/desk/tickets/1")
+        version = re.search(rb'name="version" value="([^"]+)"', body)
+        assert status == 200 and version
+        change = {"version": version.group(1).decode(), "kind": "note", "status": "closed",
+                  "severity": "S3", "assign": "", "text": "closing"}
+        # No form token: refused, whatever the Origin says.
+        status, _, _ = agent.post("/desk/tickets/1", change, {"Origin": hd.url})
+        assert status == 403
+        customer = WebClient(hd.url)
+        customer.sign_in(CAROL, PASSWORD)
+        status, _, _ = customer.post("/desk/tickets/1", {
+            **change, "csrf": customer.token("/requests")}, {"Origin": hd.url})
+        assert status == 404
+        with transaction(hd.desk.engine) as session:
+            ticket = session.get(Ticket, 1)
+            assert ticket is not None and ticket.status == "open"
+        # With the token the same agent's change goes through.
+        status, _, _ = agent.post("/desk/tickets/1", {
+            **change, "csrf": agent.token("/desk/tickets/1")}, {"Origin": hd.url})
+        assert status == 303
+        with transaction(hd.desk.engine) as session:
+            ticket = session.get(Ticket, 1)
+            assert ticket is not None and ticket.status == "closed"
 
 
 def test_an_agent_notes_changes_and_answers_from_the_ticket_page(
