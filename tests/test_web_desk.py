@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from tests.harness import Relay, request, send, wait_until_sent
 from tests.helpdesk import HelpDesk, WebClient, helpdesk
 from tests.servers import free_port
+from tests.test_oncall_e2e import Pager
+from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.models import Ticket
@@ -174,3 +177,36 @@ def test_a_stale_form_says_so_instead_of_overwriting(
         assert first.inner_text(".status") == "solved"
         assert first.input_value("#text") == "Moving this to pending."
         assert "Moving this" not in first.inner_text(".thread")
+
+
+def test_raising_to_s0_on_the_web_pages_on_call_once(
+    desks: Callable[..., Desk], relay: Relay, person: Callable[[], Any]
+) -> None:
+    sunday_2am = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)  # 02:00 in Los Angeles
+    with Pager() as pager, helpdesk(desks(
+        clock=FixedClock(sunday_2am), smtp={"port": free_port()},
+        outbound={"relay": relay.address}, agents={"addresses": [ALICE]},
+        oncall={"webhook": {"url": pager.url, "secret": "webhook-secret"}},
+    ), relay) as hd:
+        hd.add_account(ALICE, "Alice Agent", password=PASSWORD)
+        send(hd.smtp_port, request("Checkout fails", "Every card is declined."))
+        wait_until_sent(hd.desk.engine)
+        page = person()
+        _sign_in(hd, page, ALICE)
+        page.goto(hd.url + "/desk/tickets/1")
+        page.select_option("#severity", "S0")
+        page.check("input[name=kind][value=note]")
+        page.fill("#text", "All payments are down: paging.")
+        page.click("form.act button")
+        assert page.inner_text(".sev") == "S0"
+        pages = pager.wait_for(1)
+        assert pages[0]["ticket"]["severity"] == "S0"  # type: ignore[index]
+        # Another note on the S0 ticket pages nobody again.
+        page.check("input[name=kind][value=note]")
+        page.fill("#text", "Payment provider says it is their outage.")
+        page.click("form.act button")
+        assert "their outage" in page.inner_text(".thread")
+        wait_until_sent(hd.desk.engine)
+        relay.settle()
+        assert len(pager.bodies) == 1
+        assert "page" in page.inner_text(".audit")
