@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select
 
-from ticketing import notifications, oncall
+from ticketing import bounces, notifications, oncall
 from ticketing.addresses import Address, normalize
 from ticketing.audit import Actor, record_changes, route_of
-from ticketing.authresults import aligned
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
 from ticketing.conversation import clean_subject, find_ticket, is_ours
-from ticketing.dsn import read_complaint
-from ticketing.identity import our_message_ids_in
 from ticketing.inbound import Inbound, Outcome
 from ticketing.incidents import attach
-from ticketing.models import Account, Attachment, Incident, Message, Outbox, ThreadRef, Ticket
+from ticketing.models import Account, Attachment, Incident, Message, ThreadRef, Ticket
 from ticketing.parse import ParsedMail
 from ticketing.participants import (
     add_participants,
@@ -31,8 +26,6 @@ from ticketing.participants import (
     unfollow,
 )
 from ticketing.quotes import cut_reply
-from ticketing.ratelimit import mark_bouncing
-from ticketing.returnpath import one_reader, returned_to
 from ticketing.screening import Verdict
 from ticketing.severity import Severity, severity_in, strip_tags
 
@@ -126,83 +119,19 @@ def file_classified(
     ticket = match.ticket if match else None
     # Where it came back to: one mail's own return path, or (to file it on its
     # ticket only) the Message-ID of a mail of ours it quotes.
-    came_back = returned_to(session, _return_addresses(inbound, mail), desk.settings)
-    support = desk.settings.support
-    returned = came_back or _returned_mail(session, inbound.raw, support.domain, support.secret)
+    came_back = bounces.came_back_to(session, desk.settings, inbound, mail)
+    returned = came_back or bounces.returned_mail(session, desk.settings, inbound.raw)
     if ticket is None and returned is not None and returned.ticket_id is not None:
         ticket = session.get(Ticket, returned.ticket_id)
     message.kind = verdict.kind
     message.detail = f"{verdict.rule}: {verdict.reason}"[:2000]
     _save(session, message, files, ticket)
     if verdict.kind == "bounce" and verdict.permanent:
-        _bounced(session, desk, came_back, verdict, mail.message_id)
+        bounces.stop_bounced(session, desk.clock.now(), came_back, verdict, mail.message_id)
     if verdict.rule == "feedback-report":
-        _complaint(session, desk, inbound, mail, inbound.raw, believed)
+        bounces.stop_complainant(session, desk.settings, desk.clock.now(), inbound, mail, believed)
     number = ticket.id if ticket else None
     return Outcome("classified", number, message.id, f"{verdict.kind} ({verdict.rule})")
-
-
-def _return_addresses(inbound: Inbound, mail: ParsedMail) -> list[str]:
-    """Where a report says it was sent: the envelope, then Delivered-To, then To."""
-    return [*inbound.envelope_recipients, *mail.delivered_to, *(a.address for a in mail.to)]
-
-
-def _bounced(
-    session: Session, desk: Desk, row: Outbox | None, verdict: Verdict, label: str
-) -> None:
-    """A permanent failure stops mail to the one reader of the mail it came back for.
-
-    Only a bounce to that mail's own return path counts: the Message-ID and the
-    Final-Recipient of a report are anyone's to write, so a report sent to the support
-    address naming someone else (a reader on the same thread) must mark nobody.
-    """
-    if row is None:
-        log.info("<%s> bounce not sent to a return path of ours; marking nobody", label)
-        return
-    reader = one_reader(row)
-    if reader is None:
-        log.warning("<%s> bounce of <%s>, a mail to %s: cannot tell whose; marking nobody",
-                    label, row.message_id, ", ".join(json.loads(row.recipients)))
-        return
-    log.warning("<%s> bounce of <%s>: no more mail to %s", label, row.message_id, reader)
-    mark_bouncing(session, reader, verdict.reason, desk.clock.now())
-
-
-def _complaint(
-    session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, raw: bytes,
-    believed: bool,
-) -> None:
-    """Someone marked a mail of ours as spam: no more mail to them until an operator
-    clears it. Only for a report from a feedback loop we signed up for (its From
-    believed as agents.trust says), about a mail we really sent to that one reader,
-    named by its return path (the report's address, or the enclosed Return-Path):
-    a report naming one of several readers could come from another of them."""
-    complaint = read_complaint(raw)
-    if complaint is None:
-        return
-    domain = mail.sender.address.rpartition("@")[2] if mail.sender else ""
-    listed = any(aligned(loop.lower(), domain) for loop in desk.settings.support.feedback_loops)
-    if not listed or not believed:
-        log.info("abuse report on <%s> from %s: not a feedback loop of ours (support."
-                 "feedback_loops), or not authenticated; stopping nobody",
-                 complaint.message_id, mail.sender.address if mail.sender else "nobody")
-        return
-    row = returned_to(session, [*_return_addresses(inbound, mail), complaint.return_path],
-                      desk.settings)
-    if row is None or (complaint.message_id and complaint.message_id.lower() != row.message_id):
-        log.info("abuse report on <%s>: not to the return path of a mail of ours; "
-                 "stopping nobody", complaint.message_id)
-        return
-    readers = json.loads(row.recipients)
-    reader = one_reader(row)
-    if reader is None or (complaint.named and reader not in complaint.named):
-        log.warning("abuse report on <%s> (to %s): cannot tell who complained; "
-                    "stopping nobody", row.message_id, ", ".join(readers))
-        return
-    log.warning("abuse report: %s marked <%s> as spam; no more mail to them",
-                reader, row.message_id)
-    mark_bouncing(session, reader, "complaint: marked our mail as spam (abuse report)",
-                  desk.clock.now())
 
 
 def file_postmaster(
@@ -215,25 +144,6 @@ def file_postmaster(
                       else "to postmaster: kept; nobody to pass it on to (or rate-limited)")
     _save(session, message, files, None)
     return Outcome("classified", None, message.id, message.detail)
-
-
-def _returned_mail(session: Session, raw: bytes, domain: str, secret: str) -> Outbox | None:
-    """The mail of ours that a bounce or auto-reply returns, found by its Message-ID."""
-    found = [m.lower() for m in our_message_ids_in(raw, domain, secret)]
-    if not found:
-        return None
-    # The returned mail's own Message-ID header first: ours named in its References
-    # or quoted in its text are earlier mails, to other readers perhaps.
-    headed = [m.decode("ascii", "replace").lower() for m in _MESSAGE_ID_FIELD.findall(raw)]
-    headed = [m for m in headed if m in found]
-    wanted = list(dict.fromkeys((*headed, *found)))[:20]
-    rows = {r.message_id: r for r in session.exec(
-        select(Outbox).where(col(Outbox.message_id).in_(wanted))).all()}
-    return next((rows[m] for m in wanted if m in rows), None)
-
-
-# A Message-ID field, folded or not.
-_MESSAGE_ID_FIELD = re.compile(rb"(?im)^message-id:[ \t]*(?:\r?\n[ \t]+)?<?([^>\s]+)")
 
 
 def open_or_hold(
