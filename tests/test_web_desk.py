@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from tests.harness import Relay, request, send, wait_until_sent
@@ -14,6 +15,8 @@ from tests.test_oncall_e2e import Pager
 from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
+from ticketing.inbound import Inbound
+from ticketing.ingest import quarantine
 from ticketing.models import Ticket
 
 ALICE = "alice@example.com"
@@ -210,3 +213,44 @@ def test_raising_to_s0_on_the_web_pages_on_call_once(
         relay.settle()
         assert len(pager.bodies) == 1
         assert "page" in page.inner_text(".audit")
+
+
+def test_an_operator_releases_held_mail_and_replays_the_quarantine(
+    desks: Callable[..., Desk], relay: Relay, person: Callable[[], Any]
+) -> None:
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+                 agents={"addresses": [ALICE]}, support={"sender_policy": "registered"})
+    with helpdesk(desk, relay) as hd:
+        hd.add_account(ALICE, "Alice Agent", password=PASSWORD)
+        send(hd.smtp_port, request("Please help", "I have no account yet.",
+                                   sender="Nina New <nina@newcomer.test>"))
+        lost = request("Lost in the parser", "This one broke ingest.",
+                       sender="Nina New <nina@newcomer.test>").as_bytes()
+        quarantine(hd.desk, Inbound(lost, "smtp", "nina@newcomer.test",
+                                    ("support@example.com",)), RuntimeError("parser crashed"))
+        page = person()
+        _sign_in(hd, page, ALICE)
+        page.goto(hd.url + "/ops/mail")
+        assert "nina@newcomer.test" in page.inner_text("table.held")
+        assert "parser crashed" in page.inner_text("table.quarantine")
+        # The raw mail comes as a file to save, never as a page.
+        with page.expect_download() as download:
+            page.click("table.quarantine a:has-text('Download')")
+        saved = download.value
+        assert saved.suggested_filename == "quarantine-1.eml"
+        assert Path(saved.path()).read_bytes() == lost
+        page.click("table.held button:has-text('Release')")
+        assert "Released: new_ticket as #1" in page.inner_text(".done")
+        assert "No mail is held." in page.content()
+        # Released, Nina may open tickets: her quarantined mail, replayed, opens one.
+        page.click("table.quarantine button:has-text('Replay')")
+        assert "Replayed: new_ticket as #2" in page.inner_text(".done")
+        assert "replayed" in page.inner_text("table.quarantine")
+        page.goto(hd.url + "/desk")
+        assert _numbers(page) == ["#1", "#2"]
+        # A customer sees none of it.
+        hd.add_account(CAROL, password=PASSWORD)
+        customer = person()
+        _sign_in(hd, customer, CAROL)
+        assert customer.goto(hd.url + "/ops/mail").status == 404
+        assert customer.goto(hd.url + "/ops/quarantine/1/raw").status == 404

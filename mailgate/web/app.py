@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mailgate.monitoring import Timing
-from mailgate.web import account, auth, desk, helpdesk
+from mailgate.web import account, auth, desk, helpdesk, operations
 from mailgate.web.pages import Web, render
 from mailgate.web.security import Guard
 from ticketing.desk import Desk
@@ -49,6 +49,12 @@ ROUTES = [
     Route("/desk", desk.queue_page),
     Route("/desk/tickets/{number:int}", desk.ticket_page),
     Route("/desk/tickets/{number:int}", desk.act, methods=["POST"]),
+    # The operators' pages
+    Route("/ops/mail", operations.mail_page),
+    Route("/ops/held/{number:int}/release", operations.release_held, methods=["POST"]),
+    Route("/ops/quarantine/{number:int}/replay", operations.replay_quarantined,
+          methods=["POST"]),
+    Route("/ops/quarantine/{number:int}/raw", operations.download_quarantined),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]
 
