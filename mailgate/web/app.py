@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mailgate.monitoring import Timing
-from mailgate.web import account, auth, desk, helpdesk, operations
+from mailgate.web import account, auth, desk, helpdesk, operations, status
 from mailgate.web.pages import Web, render
 from mailgate.web.security import Guard
 from ticketing.desk import Desk
@@ -55,6 +55,10 @@ ROUTES = [
     Route("/ops/quarantine/{number:int}/replay", operations.replay_quarantined,
           methods=["POST"]),
     Route("/ops/quarantine/{number:int}/raw", operations.download_quarantined),
+    # The public status page
+    Route("/status", status.status_page),
+    Route("/status/incidents/{number:int}", status.incident_page),
+    Route("/status/feed.atom", status.feed),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]
 
