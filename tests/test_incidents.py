@@ -1,4 +1,5 @@
-"""Incidents: opened, updated and resolved from the CLI; tickets attached by `#incident N`."""
+"""Incidents: opened, updated and resolved from the CLI; named in confirmations; tickets
+attached by `#incident N`."""
 
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def test_an_agent_attaches_a_ticket_by_mail_and_the_audit_trail_shows_it(
                    "Dashboard", "--message", "Looking into it.").returncode == 0
         send(port, request("[S0] Dashboard down", "Nothing loads.", sender=f"Carol <{CAROL}>"))
         to_alice = relay.wait_for(1, where=lambda r: r.rcpt_tos == (ALICE,))[0]
+        confirmation = relay.wait_for(1, where=lambda r: CAROL in r.rcpt_tos)[0]
         relay.settle()
         step = len(relay.received)
         # A wrong number is refused and nothing is attached.
@@ -79,6 +81,9 @@ def test_an_agent_attaches_a_ticket_by_mail_and_the_audit_trail_shows_it(
              sender=ALICE, recipients=envelope_to(to_alice))
     listed = json.loads(run(config, "incidents", "list", "--json").stdout)
     assert listed[0]["tickets"] == [1]
+    # Carol's confirmation names the open incident and links its page.
+    assert "Dashboards fail to load (investigating): " \
+        f"{desk.settings.web.url}/status/incidents/1" in confirmation.text()
     shown = json.loads(run(config, "tickets", "show", "1", "--json").stdout)
     events = [(e["what"], e["new"], e["who"], e["route"]) for e in shown["audit"]]
     assert ("incident", "1", ALICE, "mail") in events

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from ticketing.addresses import Address, is_machine_address
 from ticketing.compose import FileToSend, OutgoingMail, Templates, compose
 from ticketing.conversation import is_ours, is_postmaster, reply_address, subject_tag
+from ticketing.incidents import open_incidents
 from ticketing.models import Attachment, Message, Outbox, Page, ThreadRef, Ticket
 from ticketing.oncall import next_opening
 from ticketing.participants import active_participants, agent_addresses
@@ -187,6 +188,10 @@ def confirm_new_ticket(
         "quoted": _quoted(request.text),
         "levels": [{"label": level.label, "word": level.word, "meaning": level.meaning}
                    for level in Severity if level < severity],
+        # Open incidents on the status page: the customer may be reporting one of them.
+        "incidents": [{"number": i.id, "title": i.title, "state": i.state,
+                       "url": f"{desk.settings.web.url}/status/incidents/{i.id}"}
+                      for i in open_incidents(session)],
     }
     text, html = desk.templates.render("confirmation", **context)
     _, chain = thread_of(session, ticket, [requester])

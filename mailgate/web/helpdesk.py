@@ -30,6 +30,7 @@ from ticketing.conversation import reply_address, subject_tag
 from ticketing.db import StorageError, transaction
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound, Outcome
+from ticketing.incidents import open_incidents
 from ticketing.models import Account
 from ticketing.portal import TicketView, attachment_for, my_tickets, ticket_for, ticket_view
 from ticketing.severity import MEANINGS, Severity
@@ -43,9 +44,12 @@ def _nonce(form: Posted | None = None) -> str:
     return sent if isinstance(sent, str) and _NONCE.fullmatch(sent) else secrets.token_hex(16)
 
 
-def _open_incidents() -> list[Any]:
-    """Incidents open right now; none are recorded until the status page keeps them."""
-    return []
+def _open_incidents(desk: Desk) -> list[dict[str, Any]]:
+    """Incidents open right now, with the address of each one's status page."""
+    with transaction(desk.engine) as session:
+        return [{"number": i.id, "title": i.title, "state": i.state,
+                 "url": f"{desk.settings.web.url}/status/incidents/{i.id}"}
+                for i in open_incidents(session)]
 
 
 def _levels() -> list[tuple[Severity, str]]:
@@ -190,7 +194,7 @@ def _form_page(request: Request, status: int = 200, **values: Any) -> Response:
     fields = {"cc": "", "subject": "", "description": "", "severity": "S3", "confirm": False,
               "error": "", "ask_confirm": False, "nonce": _nonce()} | values
     return render(request, "new_request.html", status, levels=_levels(),
-                  incidents=_open_incidents(), **fields)
+                  incidents=_open_incidents(web_of(request).desk), **fields)
 
 
 @signed_in
