@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from xml.etree import ElementTree
 
 from tests.harness import Relay, serving
-from tests.helpdesk import WebClient
+from tests.helpdesk import WebClient, helpdesk
 from tests.servers import free_port
 from ticketing.clock import FixedClock
 from ticketing.db import transaction
@@ -65,3 +65,26 @@ def test_anyone_reads_the_status_page_an_incident_and_the_atom_feed(
     assert first.find(f"{ATOM}link").get("href") == (  # type: ignore[union-attr]
         f"{desk.settings.web.url}/status/incidents/{number}")
     assert "We are looking into errors" in (first.findtext(f"{ATOM}content") or "")
+
+
+def test_the_submit_a_request_page_shows_the_open_incident_above_the_form(
+    desks: Callable[..., Desk], relay: Relay,
+) -> None:
+    desk = desks(clock=FixedClock(NINE), smtp={"port": free_port()},
+                 outbound={"relay": relay.address}, status={"components": ["Dashboard"]})
+    with transaction(desk.engine) as session:
+        incident, _ = open_incident(session, "Dashboards fail to load", components=["Dashboard"],
+                                    state="investigating", message="Looking into it.",
+                                    author="ops", now=NINE, known=("Dashboard",))
+        number = incident.id
+    with helpdesk(desk, relay) as hd:
+        hd.add_account("carol@customer.test", password="a long enough passphrase 1")
+        client = WebClient(hd.url)
+        client.sign_in("carol@customer.test", "a long enough passphrase 1")
+        status, _, body = client.get("/requests/new")
+    page = body.decode()
+    assert status == 200
+    listed = page.index("Dashboards fail to load")
+    assert listed < page.index('<form method="post" action="/requests/new"')
+    assert f'href="{hd.url}/status/incidents/{number}"' in page
+    assert "No incidents are open right now" not in page
