@@ -28,6 +28,9 @@ from ticketing.desk import Desk
 from ticketing.models import Attachment, Quarantine
 from ticketing.models import Message as MessageRow
 
+# The corpus goes through serve once per backend for all these tests: one worker runs them.
+pytestmark = pytest.mark.xdist_group("corpus")
+
 # Files that are no RFC 5322 message (MANIFEST.tsv says so): not sent.
 NOT_MESSAGES = {
     "tnef_winmail_blob(not_rfc5322)",

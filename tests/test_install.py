@@ -21,6 +21,8 @@ from tests.harness import request
 from tests.servers import free_port
 
 SOURCE = Path(__file__).resolve().parent.parent
+# The wheel is built once for all these tests: one worker runs them.
+pytestmark = pytest.mark.xdist_group("install")
 
 
 @pytest.fixture(scope="module")
