@@ -47,6 +47,9 @@ def _one(desk: Desk, number: int) -> dict[str, Any] | None:
 
 
 def _cacheable(response: Response) -> Response:
+    """The same page for everyone: no form token cookie, so a shared cache may keep it."""
+    if "set-cookie" in response.headers:
+        del response.headers["set-cookie"]
     response.headers["Cache-Control"] = CACHE
     return response
 
