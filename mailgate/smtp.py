@@ -58,6 +58,9 @@ class SupportHandler:
             peer=session.peer[0] if isinstance(session.peer, tuple) else "",
         )
         loop = asyncio.get_running_loop()
+        storing = server if isinstance(server, GuardedSMTP) else None
+        if storing is not None:
+            storing.storing = True
         try:
             outcome = await loop.run_in_executor(self.executor, self.desk.ingest, inbound)
         except StorageError as exc:
@@ -66,6 +69,9 @@ class SupportHandler:
         except Exception:
             log.exception("ingest failed, answered 451")
             return "451 4.3.0 Temporary failure; please try again later"
+        finally:
+            if storing is not None:
+                storing.storing = False
         ticket = f" ticket #{outcome.ticket}" if outcome.ticket else ""
         return f"250 2.0.0 OK {outcome.status}{ticket}"
 
@@ -94,6 +100,9 @@ class GuardedSMTP(SMTP):
         self._total_limit = total_limit
         self._peer_host = ""
         self._counted = False
+        # True while a mail this client sent is being stored: the client waits for our
+        # answer then, and is not idle.
+        self.storing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -116,6 +125,15 @@ class GuardedSMTP(SMTP):
             self._count(-1)
             return
         super().connection_made(transport)
+
+    def _timeout_cb(self) -> None:
+        # The timeout is for a client that stops talking. Closing on one that waits for
+        # our reply to DATA would leave it unanswered for a mail we may have stored (a
+        # large one takes a while), and it would send it again.
+        if self.storing:
+            self._reset_timeout()
+            return
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _count(self, step: int) -> None:
         if (step > 0) == self._counted:

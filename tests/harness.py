@@ -161,8 +161,11 @@ def serving(desk: Desk) -> Iterator[int]:
         started = asyncio.Event()
         stop_holder["stop"] = stop
         task = asyncio.create_task(serve(desk, ready=started, stop=stop))
-        await started.wait()
-        ready.set()
+        # A serve that fails before it is ready says why, at once.
+        await asyncio.wait({task, asyncio.ensure_future(started.wait())},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            ready.set()
         await task
 
     def run() -> None:

@@ -137,7 +137,12 @@ def _many_attachments(count: int) -> bytes:
     return "\r\n".join(lines).encode()
 
 
-def test_ten_thousand_attachments_are_all_stored(desk: Desk, relay: Relay) -> None:
+def test_ten_thousand_attachments_are_all_stored(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    # Storing them takes longer than a five-second idle timeout: a client waiting for
+    # our answer to DATA is not idle, and must get its 250.
+    desk = desks(smtp={"port": free_port(), "timeout": 5}, outbound={"relay": relay.address})
     raw = _many_attachments(10_000)
     with serving(desk) as port:
         code, reply = transmit(port, raw)
