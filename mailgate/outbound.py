@@ -318,7 +318,7 @@ def claim_next(desk: Desk, worker: str) -> Outbox | None:
         return _claim(session, desk, worker)
 
 
-def deliver_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
+def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
                 unrecorded: list[Attempt] | None = None) -> int:
     """Send up to `limit` due mails over one relay connection; returns how many were sent.
 

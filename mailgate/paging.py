@@ -173,7 +173,7 @@ def _record(
                     outcome.detail, page.next_attempt_at.isoformat())
 
 
-def deliver_due_pages(
+def send_due_pages(
     engine: Engine,
     settings: Settings,
     clock: Clock,
@@ -233,7 +233,7 @@ async def run_paging(
     while not stop.is_set():
         wake.clear()
         try:
-            await asyncio.to_thread(deliver_due_pages, engine, settings, clock, name)
+            await asyncio.to_thread(send_due_pages, engine, settings, clock, name)
         except StorageError as exc:
             log.warning("paging worker: the database is not answering: %s", exc)
         except Exception:

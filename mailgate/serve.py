@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from mailgate.outbound import Attempt, deliver_due, transport_for
+from mailgate.outbound import Attempt, send_due, transport_for
 from mailgate.paging import run_paging, worker_name
 from mailgate.waiting import first_of
 from ticketing.blobs import clean_temporary
@@ -43,7 +43,7 @@ async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) 
     while not stop.is_set():
         wake.clear()
         try:
-            sent = await loop.run_in_executor(None, deliver_due, desk, transport, worker, 50,
+            sent = await loop.run_in_executor(None, send_due, desk, transport, worker, 50,
                                               unrecorded)
         except StorageError as exc:
             # One line a pass, not a traceback: the database is away, not a bug here.

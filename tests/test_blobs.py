@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
-from mailgate.outbound import deliver_due, transport_for
+from mailgate.outbound import send_due, transport_for
 from tests.conftest import make_settings
 from tests.harness import Relay, request
 from ticketing.blobs import CHUNK, DatabaseBlobs, FolderBlobs, MissingBlob, digest
@@ -124,7 +124,7 @@ def test_an_answer_with_a_file_to_twenty_readers_keeps_one_copy_of_it(
     # Each reader's row holds its own text and names the file; the file is stored once.
     assert max(len(row.raw) for row in replies) < 100_000
     assert stored == len(raw) + len(answer_raw) + len(payload)
-    while deliver_due(desk, transport_for(desk), "worker", 50):
+    while send_due(desk, transport_for(desk), "worker", 50):
         pass
     got = relay.wait_for(20, where=lambda r: "report" in r.text())
     assert sorted(r.rcpt_tos[0] for r in got) == sorted(["carol@customer.test", *readers])

@@ -21,11 +21,11 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from mailgate.paging import (
-    deliver_due_pages,
     list_pages,
     retry_after_seconds,
     retry_page,
     run_paging,
+    send_due_pages,
 )
 from tests.conftest import make_settings
 from tests.servers import free_port
@@ -175,7 +175,7 @@ def test_the_webhook_gets_the_signed_json(
     ticket = open_ticket(engine, clock.now())
     [page] = page_for(engine, ticket, settings, clock.now())
 
-    assert deliver_due_pages(engine, settings, clock, "w1") == 1
+    assert send_due_pages(engine, settings, clock, "w1") == 1
 
     [request] = server.received
     assert request.path == "/hook"
@@ -203,7 +203,7 @@ def test_pagerduty_gets_an_events_v2_trigger(
     ticket = open_ticket(engine, clock.now())
     page_for(engine, ticket, settings, clock.now())
 
-    deliver_due_pages(engine, settings, clock, "w1")
+    send_due_pages(engine, settings, clock, "w1")
 
     [request] = server.received
     assert request.path == "/v2/enqueue"
@@ -235,7 +235,7 @@ def test_every_configured_hook_is_paged_once(
     added = page_for(engine, ticket, settings, clock.now())
     assert [p.hook for p in added] == ["webhook", "pagerduty", "command"]
 
-    assert deliver_due_pages(engine, settings, clock, "w1") == 3
+    assert send_due_pages(engine, settings, clock, "w1") == 3
 
     assert sorted(r.path for r in server.received) == ["/hook", "/v2/enqueue"]
     webhook_body = next(r.body for r in server.received if r.path == "/hook")
@@ -256,7 +256,7 @@ def test_a_failing_command_is_retried(
     ticket = open_ticket(engine, clock.now())
     [page] = page_for(engine, ticket, settings, clock.now())
 
-    deliver_due_pages(engine, settings, clock, "w1")
+    send_due_pages(engine, settings, clock, "w1")
 
     [stored] = pages(engine)
     assert stored.status == "pending"
@@ -273,21 +273,21 @@ def test_503_twice_then_accepted_is_one_page_and_three_attempts(
     [page] = page_for(engine, ticket, settings, clock.now())
     started = clock.now()
 
-    assert deliver_due_pages(engine, settings, clock, "w1") == 1
+    assert send_due_pages(engine, settings, clock, "w1") == 1
     [stored] = pages(engine)
     assert stored.status == "pending"
     # The first retry waits the base backoff plus at most a quarter of jitter.
     assert timedelta(seconds=15) <= stored.next_attempt_at - started <= timedelta(seconds=18.75)
-    assert deliver_due_pages(engine, settings, clock, "w1") == 0  # not due yet
+    assert send_due_pages(engine, settings, clock, "w1") == 0  # not due yet
     clock.at = stored.next_attempt_at
 
-    assert deliver_due_pages(engine, settings, clock, "w1") == 1
+    assert send_due_pages(engine, settings, clock, "w1") == 1
     [stored] = pages(engine)
     assert timedelta(seconds=30) <= stored.next_attempt_at - clock.now() <= timedelta(seconds=37.5)
     clock.at = stored.next_attempt_at
 
-    assert deliver_due_pages(engine, settings, clock, "w1") == 1
-    assert deliver_due_pages(engine, settings, clock, "w1") == 0
+    assert send_due_pages(engine, settings, clock, "w1") == 1
+    assert send_due_pages(engine, settings, clock, "w1") == 0
 
     assert len(server.received) == 3
     assert len({r.body for r in server.received}) == 1  # the same event each time
@@ -309,7 +309,7 @@ def test_429_waits_as_long_as_retry_after_says(
     server.replies = [(429, {"Retry-After": "120"})]
     page_for(engine, open_ticket(engine, clock.now()), settings, clock.now())
 
-    deliver_due_pages(engine, settings, clock, "w1")
+    send_due_pages(engine, settings, clock, "w1")
 
     [stored] = pages(engine)
     assert stored.status == "pending"
@@ -338,9 +338,9 @@ def test_a_400_gives_up_at_once_and_says_so(
     [page] = page_for(engine, ticket, settings, clock.now())
 
     with caplog.at_level(logging.ERROR, logger="mailgate.paging"):
-        deliver_due_pages(engine, settings, clock, "w1")
+        send_due_pages(engine, settings, clock, "w1")
     clock.advance(hours=2)
-    assert deliver_due_pages(engine, settings, clock, "w1") == 0
+    assert send_due_pages(engine, settings, clock, "w1") == 0
 
     [stored] = pages(engine)
     assert stored.status == "gave_up"
@@ -365,7 +365,7 @@ def test_gives_up_after_give_up_after(
 
     with caplog.at_level(logging.WARNING, logger="mailgate.paging"):
         for _ in range(20):
-            deliver_due_pages(engine, settings, clock, "w1")
+            send_due_pages(engine, settings, clock, "w1")
             [stored] = pages(engine)
             if stored.status != "pending":
                 break
@@ -388,13 +388,13 @@ def test_an_operator_retry_gives_a_given_up_page_another_go(
     settings = paging_settings(tmp_path, database_url, server, ("webhook",))
     server.replies = [(404, {})]
     [page] = page_for(engine, open_ticket(engine, clock.now()), settings, clock.now())
-    deliver_due_pages(engine, settings, clock, "w1")
+    send_due_pages(engine, settings, clock, "w1")
     assert pages(engine)[0].status == "gave_up"
     clock.advance(hours=3)  # the URL is fixed, long after the give-up time
 
     assert page.id is not None
     assert retry_page(engine, page.id, clock.now()) == 1
-    assert deliver_due_pages(engine, settings, clock, "w1") == 1
+    assert send_due_pages(engine, settings, clock, "w1") == 1
 
     [stored] = pages(engine)
     assert (stored.status, stored.attempts) == ("delivered", 2)
@@ -408,9 +408,9 @@ def test_a_second_worker_does_not_take_a_page_being_delivered(
     page_for(engine, open_ticket(engine, clock.now()), settings, clock.now())
     second: list[int] = []
     # While the first worker waits for the hook's answer, a second worker makes a full pass.
-    server.on_request = lambda: second.append(deliver_due_pages(engine, settings, clock, "w2"))
+    server.on_request = lambda: second.append(send_due_pages(engine, settings, clock, "w2"))
 
-    first = deliver_due_pages(engine, settings, clock, "w1", limit=1)
+    first = send_due_pages(engine, settings, clock, "w1", limit=1)
 
     assert (first, second) == (1, [1])  # each took one of the two pages
     assert sorted(r.path for r in server.received) == ["/hook", "/v2/enqueue"]
@@ -428,7 +428,7 @@ def test_workers_racing_on_one_database_deliver_each_page_once(
 
     def work(name: str) -> None:
         start.wait()
-        tried.append(deliver_due_pages(engine, settings, clock, name))
+        tried.append(send_due_pages(engine, settings, clock, name))
 
     workers = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(3)]
     for worker in workers:
@@ -452,10 +452,10 @@ def test_a_claim_left_by_a_dead_worker_runs_out(
         stored = session.get_one(Page, page.id)
         stored.claimed_by, stored.claimed_until = "dead", clock.now() + timedelta(seconds=70)
 
-    assert deliver_due_pages(engine, settings, clock, "w1") == 0
+    assert send_due_pages(engine, settings, clock, "w1") == 0
     clock.advance(seconds=70)
-    assert deliver_due_pages(engine, settings, clock, "w1") == 1
-    assert deliver_due_pages(engine, settings, clock, "w1") == 0
+    assert send_due_pages(engine, settings, clock, "w1") == 1
+    assert send_due_pages(engine, settings, clock, "w1") == 0
     assert len(server.received) == 1
     assert pages(engine)[0].status == "delivered"
 
@@ -466,7 +466,7 @@ def test_escalating_twice_adds_no_second_page(
     settings = paging_settings(tmp_path, database_url, server)
     ticket = open_ticket(engine, clock.now())
     assert len(page_for(engine, ticket, settings, clock.now())) == 2
-    deliver_due_pages(engine, settings, clock, "w1")
+    send_due_pages(engine, settings, clock, "w1")
     clock.advance(minutes=10)
 
     # A reply on the same incident, a second [S0]: the escalation is still open.
@@ -474,7 +474,7 @@ def test_escalating_twice_adds_no_second_page(
     with transaction(engine) as session:
         assert escalate(session, ticket, settings, clock.now(), "again") == []
         assert escalate(session, ticket, settings, clock.now(), "and again") == []
-    assert deliver_due_pages(engine, settings, clock, "w1") == 0
+    assert send_due_pages(engine, settings, clock, "w1") == 0
     assert len(pages(engine)) == 2
     assert len(server.received) == 2
 
@@ -495,7 +495,7 @@ def test_solving_a_paged_ticket_resolves_it_in_pagerduty(
     settings = paging_settings(tmp_path, database_url, server)
     ticket = open_ticket(engine, clock.now())
     page_for(engine, ticket, settings, clock.now())
-    deliver_due_pages(engine, settings, clock, "w1")
+    send_due_pages(engine, settings, clock, "w1")
     clock.advance(hours=1)
 
     with transaction(engine) as session:
@@ -506,7 +506,7 @@ def test_solving_a_paged_ticket_resolves_it_in_pagerduty(
     assert [(p.hook, p.action, p.status) for p in added] == [
         ("pagerduty", "resolve", "pending"), ("webhook", "resolve", "skipped"),
     ]
-    assert deliver_due_pages(engine, settings, clock, "w1") == 1
+    assert send_due_pages(engine, settings, clock, "w1") == 1
 
     resolved = server.received[-1]
     assert resolved.path == "/v2/enqueue"
@@ -531,7 +531,7 @@ def test_a_reopened_ticket_pages_again_under_a_new_key(
     [again] = page_for(engine, ticket, settings, clock.now())
 
     assert again.dedup_key == f"mailgate/example.com/ticket-{ticket.id}/2"
-    assert deliver_due_pages(engine, settings, clock, "w1") == 3
+    assert send_due_pages(engine, settings, clock, "w1") == 3
     assert [(r.json["event_action"], r.json["dedup_key"][-2:]) for r in server.received] == [
         ("trigger", "/1"), ("resolve", "/1"), ("trigger", "/2"),
     ]
@@ -544,13 +544,13 @@ def test_a_resolve_waits_for_its_trigger(
     server.replies = [(503, {})]
     ticket = open_ticket(engine, clock.now())
     page_for(engine, ticket, settings, clock.now())
-    deliver_due_pages(engine, settings, clock, "w1")  # the trigger fails, retried later
+    send_due_pages(engine, settings, clock, "w1")  # the trigger fails, retried later
     with transaction(engine) as session:
         resolve(session, ticket, settings, clock.now())
 
-    assert deliver_due_pages(engine, settings, clock, "w1") == 0  # the resolve is held back
+    assert send_due_pages(engine, settings, clock, "w1") == 0  # the resolve is held back
     clock.at = pages(engine)[0].next_attempt_at
-    assert deliver_due_pages(engine, settings, clock, "w1") == 2
+    assert send_due_pages(engine, settings, clock, "w1") == 2
 
     assert [r.json["event_action"] for r in server.received] == ["trigger", "trigger", "resolve"]
 
@@ -561,7 +561,7 @@ def test_pages_list_shows_attempts_and_hides_the_routing_key(
     settings = paging_settings(tmp_path, database_url, server)
     ticket = open_ticket(engine, clock.now())
     page_for(engine, ticket, settings, clock.now())
-    deliver_due_pages(engine, settings, clock, "w1")
+    send_due_pages(engine, settings, clock, "w1")
 
     with transaction(engine) as session:
         listed = list_pages(session, ticket_id=ticket.id)

@@ -15,7 +15,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlmodel import col, select
 
-from mailgate.outbound import RelayTransport, Sent, deliver_due, retry_now
+from mailgate.outbound import RelayTransport, Sent, retry_now, send_due
 from tests.harness import Relay, request
 from tests.servers import free_port
 from ticketing.blobs import FolderBlobs
@@ -155,7 +155,7 @@ def test_two_workers_at_once_send_each_mail_exactly_once(
         try:
             barrier.wait()
             while any(r.status == "pending" for r in _outbox(desk)):
-                deliver_due(desk, RelayTransport(desk.settings.outbound), name, 6)
+                send_due(desk, RelayTransport(desk.settings.outbound), name, 6)
         except BaseException as exc:
             errors.append(exc)
 
@@ -180,7 +180,7 @@ class SlowRelay:
 
     def send(self, row: Outbox) -> Sent:
         self.clock.advance(seconds=LEASE * 0.4)
-        deliver_due(self.other, RelayTransport(self.other.settings.outbound), "machine-b", 1)
+        send_due(self.other, RelayTransport(self.other.settings.outbound), "machine-b", 1)
         return self.inner.send(row)
 
     def close(self) -> None:
@@ -197,7 +197,7 @@ def test_a_slow_worker_holds_only_the_mail_it_is_sending(
     _requests(first, [f"customer{n}@customer.test" for n in range(12)])
     rows = _outbox(first)
     while any(r.status == "pending" for r in _outbox(first)):
-        deliver_due(first, SlowRelay(first, second, clock), "machine-a", 6)
+        send_due(first, SlowRelay(first, second, clock), "machine-a", 6)
     after = _each_sent_once(first, relay, rows)
     assert {r.claimed_by for r in after} == {"machine-a", "machine-b"}
 
@@ -216,7 +216,7 @@ class OperatorMeanwhile:
         self.retried.append(retry_now(self.desk, None))
         self.retried.append(retry_now(self.desk, row.id))
         self.sent_by_other.append(
-            deliver_due(self.other, RelayTransport(self.other.settings.outbound), "machine-b"))
+            send_due(self.other, RelayTransport(self.other.settings.outbound), "machine-b"))
         return self.inner.send(row)
 
     def close(self) -> None:
@@ -230,7 +230,7 @@ def test_operator_retry_leaves_a_mail_another_worker_holds(
     first, second = desks(clock=clock, **settings), desks(clock=clock, **settings)
     _requests(first, ["carol@customer.test"])
     transport = OperatorMeanwhile(first, second)
-    assert deliver_due(first, transport, "machine-a") == 1
+    assert send_due(first, transport, "machine-a") == 1
     assert transport.retried == [0, 0]
     assert transport.sent_by_other == [0]
     assert len(relay.received) == 1
@@ -251,7 +251,7 @@ def test_relay_refusing_the_recipient_for_good_fails_the_mail_and_marks_the_addr
     with Answering({GONE: "550 5.1.1 <gone@customer.test>: no such user"}) as answering:
         desk = desks(clock=clock, outbound={"relay": answering.address})
         _requests(desk, [GONE])
-        assert deliver_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
+        assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
         [row] = _outbox(desk)
         assert row.status == "failed"
         assert "550" in row.last_error
@@ -273,7 +273,7 @@ def test_relay_answering_451_keeps_the_mail_for_a_later_attempt(
         desk = desks(clock=clock, outbound={"relay": answering.address})
         _requests(desk, [GONE])
         [before] = _outbox(desk)
-        assert deliver_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
+        assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
         [row] = _outbox(desk)
         assert row.status == "pending"
         assert row.attempts == 1
@@ -281,7 +281,7 @@ def test_relay_answering_451_keeps_the_mail_for_a_later_attempt(
         assert _utc(before.next_attempt_at) == clock.now()
         assert _utc(row.next_attempt_at) > clock.now()
         # Not due yet: the next pass leaves it alone.
-        assert deliver_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
+        assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
         assert answering.attempts == [GONE]
         with transaction(desk.engine) as session:
             account = session.exec(select(Account).where(Account.address == GONE)).one()
@@ -289,7 +289,7 @@ def test_relay_answering_451_keeps_the_mail_for_a_later_attempt(
         # Once due and the relay takes it, it goes out once.
         answering.answers.clear()
         clock.advance(hours=1)
-        assert deliver_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 1
+        assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 1
         assert answering.accepted == [(GONE,)]
         [row] = _outbox(desk)
         assert (row.status, row.attempts) == ("sent", 2)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from mailgate.outbound import RelayTransport, deliver_due
+from mailgate.outbound import RelayTransport, send_due
 from tests.harness import request
 from tests.test_cli import run, write_config
 from tests.test_regressions_outbound import Answering
@@ -93,7 +93,7 @@ def test_a_relay_refusing_all_our_mail_marks_nobody_and_sends_it_once_fixed(
         readers = {r for row in queued for r in json.loads(row.recipients)}
         assert {ALICE, DAVE, *CUSTOMERS} <= readers
         with caplog.at_level(logging.ERROR, logger="mailgate.outbound"):
-            assert deliver_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
+            assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
         # Nobody is marked: the relay's refusal is the relay's problem, said loudly.
         assert _bouncing(desk) == []
         after = _outbox(desk)
@@ -104,7 +104,7 @@ def test_a_relay_refusing_all_our_mail_marks_nobody_and_sends_it_once_fixed(
         # The relay is fixed: every mail goes out, once, to every reader.
         relay.step = ""
         clock.advance(hours=2)
-        assert deliver_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == len(queued)
+        assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == len(queued)
         assert sorted(r for sent in relay.accepted for r in sent) == sorted(
             r for row in queued for r in json.loads(row.recipients))
         # And the customers still get their confirmations.
@@ -121,7 +121,7 @@ def test_only_the_recipient_the_relay_does_not_know_is_marked(
                           "User unknown"}) as relay:
         desk = desks(clock=clock, outbound={"relay": relay.address})
         _open_tickets(desk)
-        deliver_due(desk, RelayTransport(desk.settings.outbound), "machine-a")
+        send_due(desk, RelayTransport(desk.settings.outbound), "machine-a")
         assert _bouncing(desk) == [DAVE]
         assert sorted(r for sent in relay.accepted for r in sent) == sorted(CUSTOMERS)
 

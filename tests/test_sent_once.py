@@ -20,7 +20,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, func, text
 from sqlmodel import Session, col, select
 
-from mailgate.outbound import Attempt, RelayTransport, Sent, deliver_due
+from mailgate.outbound import Attempt, RelayTransport, Sent, send_due
 from tests.conftest import make_settings
 from tests.harness import Received, Relay, request, send
 from tests.servers import POSTGRES_URL, free_port, postgres_url, scratch_database
@@ -92,12 +92,12 @@ def test_a_send_the_database_could_not_record_is_recorded_when_it_is_back_not_se
         transport = CuttingRelay(RelayTransport(desk.settings.outbound),
                                  lambda: switch(True))
         with pytest.raises(StorageError):
-            deliver_due(desk, transport, "machine-a", unrecorded=kept)
+            send_due(desk, transport, "machine-a", unrecorded=kept)
         assert len(relay.received) == 1 and len(kept) == 1
         # The database is away longer than the lease; then it is back.
         clock.advance(seconds=LEASE + 60)
         switch(False)
-        assert deliver_due(desk, RelayTransport(desk.settings.outbound), "machine-a",
+        assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a",
                            unrecorded=kept) == 2
         received = Counter(r.message["Message-ID"] for r in relay.settle(quiet=0.3))
         with transaction(desk.engine) as session:
