@@ -203,6 +203,8 @@ def cmd_deliver(settings: Settings, args: argparse.Namespace) -> int:
     # Postfix passes an empty ${sender} for the null sender of a bounce.
     sender = "<>" if args.sender == "" else (args.sender or "")
     recipient = args.recipient or settings.support.address
+    if args.stdin is not None:  # read already, and no server answered for it
+        return _deliver_here(settings, io.BytesIO(args.stdin), args.recipient or "", sender)
     if args.sender is not None:  # the envelope is known: a running server can take it
         from mailgate.handoff import hand_over
 
@@ -517,7 +519,7 @@ def parser() -> argparse.ArgumentParser:
     )
     root.add_argument("--config", help="TOML file (default: $MAILGATE_CONFIG, else built-in)")
     root.add_argument("-v", "--verbose", action="store_true")
-    root.add_argument("--version", action="version", version=f"mailgate {_version()}")
+    root.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = root.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="create or upgrade the database").set_defaults(run=cmd_init)
     sub.add_parser("serve", help="SMTP, the web Help Desk, IMAP, outbound, paging").set_defaults(
@@ -646,6 +648,15 @@ def _config_after_the_command(parser: argparse.ArgumentParser) -> None:
                 _config_after_the_command(child)
 
 
+class _Version(argparse.Action):
+    """`--version`, looking the version up only when asked: the lookup costs every call."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"mailgate {_version()}")
+        parser.exit()
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -686,8 +697,10 @@ def _database_problem(exc: BaseException, settings: Settings | None) -> str | No
     return f"database{where}: {detail}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, stdin: bytes | None = None) -> int:
+    """Run one command; `stdin` is a mail `deliver` has read already and must store here."""
     args = parser().parse_args(argv)
+    args.stdin = stdin
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-command chatter
     # aiosmtpd's protocol chatter (every connection, every QUIT) drowns ours at INFO.
     logging.getLogger("mail").setLevel(logging.DEBUG if args.verbose else logging.WARNING)

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from tests.harness import Relay, request, send, wait_until_sent
 from tests.servers import free_port
 
-MAILGATE = [sys.executable, "-m", "mailgate.cli"]
+MAILGATE = [sys.executable, "-m", "mailgate"]
 
 
 def write_config(tmp_path: Path, database_url: str, **extra: str) -> Path:
