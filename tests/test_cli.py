@@ -43,8 +43,11 @@ def write_config(tmp_path: Path, database_url: str, **extra: str) -> Path:
     return path
 
 
-def run(config: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+def run(config: Path, *args: str, stdin: bytes = b"",
+        trace_imports: bool = False) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    if trace_imports:  # every module the call imports, one line each on stderr
+        env["PYTHONPROFILEIMPORTTIME"] = "1"
     return subprocess.run([*MAILGATE, "--config", str(config), *args], input=stdin,
                           capture_output=True, timeout=120, env=env, check=False)
 
@@ -216,12 +219,20 @@ def test_deliver_hands_the_mail_to_a_running_server(tmp_path: Path, database_url
                      "--sender", "carol@customer.test", stdin=raw)
         stranger = run(config, "deliver", "--recipient", "nobody@elsewhere.test",
                        "--sender", "carol@customer.test", stdin=raw)
+        again = run(config, "deliver", "--recipient", "support@example.com",
+                    "--sender", "carol@customer.test", stdin=raw, trace_imports=True)
         relay.wait_for(1)
         process.send_signal(signal.SIGTERM)
         process.wait(20)
     assert result.returncode == 0, result.stderr
     assert b"handed to the running server" in result.stderr
     assert stranger.returncode == 67
+    # Handed over, the call loaded no database layer and not the full command line.
+    assert again.returncode == 0, again.stderr
+    imported = [line.rsplit(b"|", 1)[-1].strip() for line in again.stderr.splitlines()
+                if line.startswith(b"import time:")]
+    assert b"smtplib" in imported
+    assert not {b"sqlalchemy", b"ticketing.db", b"mailgate.cli", b"logging"} & set(imported)
     shown = json.loads(run(config, "tickets", "show", "1", "--json").stdout)
     assert shown["subject"] == "Through the pipe"
     assert shown["messages"][0]["route"] == "pipe"
