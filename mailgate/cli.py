@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from mailgate import exitcodes
+from ticketing.inbound import Status
 from ticketing.settings import ConfigError, Settings, load_settings
 
 # The database layer takes most of a second to import: each command imports what it
@@ -406,7 +407,7 @@ def cmd_inbound(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     print(f"mailgate: {outcome.status}{f' #{outcome.ticket}' if outcome.ticket else ''} "
           f"{outcome.detail}")
-    return 0 if outcome.status not in ("quarantined", "rejected") else 1
+    return 0 if outcome.status is not Status.QUARANTINED else 1
 
 
 def cmd_storage(settings: Settings, args: argparse.Namespace) -> int:

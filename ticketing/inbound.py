@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 
 @dataclass(frozen=True)
@@ -19,17 +20,24 @@ class Inbound:
     peer: str = ""
 
 
+class Status(StrEnum):
+    """What became of a mail; every one but QUARANTINED is a stored message."""
+
+    NEW_TICKET = "new_ticket"
+    REPLY = "reply"
+    DUPLICATE = "duplicate"
+    CLASSIFIED = "classified"
+    HELD = "held"
+    QUARANTINED = "quarantined"  # could not be stored as a message: kept in quarantine
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What became of a mail. Every outcome but "rejected" means it is stored."""
+    """What became of a mail."""
 
-    status: str  # new_ticket | reply | duplicate | classified | held | rejected
+    status: Status
     ticket: int | None = None
     message: int | None = None
     detail: str = ""
     # Page rows queued in the same transaction: the paging worker is woken for them.
     pages: int = 0
-
-    @property
-    def stored(self) -> bool:
-        return self.status != "rejected"

@@ -17,7 +17,7 @@ from ticketing.authresults import sender_authenticated
 from ticketing.conversation import is_postmaster
 from ticketing.db import StorageError, transaction
 from ticketing.dkimcheck import verified_signers
-from ticketing.inbound import Inbound, Outcome
+from ticketing.inbound import Inbound, Outcome, Status
 from ticketing.models import IngestFailure, Message, Quarantine
 from ticketing.parse import ParsedMail, parse_mail
 from ticketing.participants import agent_addresses
@@ -93,7 +93,7 @@ def ingest(desk: Desk, inbound: Inbound) -> Outcome:
             return quarantine(desk, inbound, exc)
     log.info("<%s> %s via %s: %s%s", label, outcome.status, inbound.route,
              f"#{outcome.ticket} " if outcome.ticket else "", outcome.detail)
-    if outcome.status != "duplicate":
+    if outcome.status is not Status.DUPLICATE:
         desk.committed(outcome.pages > 0)
     return outcome
 
@@ -153,7 +153,7 @@ def _record(
 ) -> Outcome:
     existing = session.exec(select(Message).where(Message.dedupe_key == key)).first()
     if existing is not None:
-        return Outcome("duplicate", existing.ticket_id, existing.id, "already stored")
+        return Outcome(Status.DUPLICATE, existing.ticket_id, existing.id, "already stored")
     keep_files(session, desk, inbound.raw, raw_sha256, mail)
     message = Message(
         dedupe_key=key,
@@ -209,7 +209,7 @@ def quarantine(desk: Desk, inbound: Inbound, exc: BaseException) -> Outcome:
         session.add(row)
         session.flush()
         number = row.id
-    return Outcome("quarantined", None, None, f"quarantine #{number}: {error[:200]}")
+    return Outcome(Status.QUARANTINED, None, None, f"quarantine #{number}: {error[:200]}")
 
 
 def replay(desk: Desk, quarantine_id: int) -> Outcome:
@@ -226,7 +226,7 @@ def replay(desk: Desk, quarantine_id: int) -> Outcome:
         Inbound(raw, route, envelope.get("sender", ""), tuple(envelope.get("recipients", ())),
                 bool(envelope.get("authenticated")), str(envelope.get("peer", ""))),
     )
-    if outcome.status != "quarantined":
+    if outcome.status is not Status.QUARANTINED:
         with transaction(desk.engine) as session:
             stored = session.get(Quarantine, quarantine_id)
             if stored is not None:

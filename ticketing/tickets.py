@@ -14,7 +14,7 @@ from ticketing.addresses import Address, normalize
 from ticketing.audit import Actor, record_changes, route_of
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
 from ticketing.conversation import clean_subject, find_ticket, is_ours
-from ticketing.inbound import Inbound, Outcome
+from ticketing.inbound import Inbound, Outcome, Status
 from ticketing.incidents import attach
 from ticketing.models import Account, Attachment, Incident, Message, ThreadRef, Ticket
 from ticketing.parse import ParsedMail
@@ -131,7 +131,7 @@ def file_classified(
     if verdict.rule == "feedback-report":
         bounces.stop_complainant(session, desk.settings, desk.clock.now(), inbound, mail, believed)
     number = ticket.id if ticket else None
-    return Outcome("classified", number, message.id, f"{verdict.kind} ({verdict.rule})")
+    return Outcome(Status.CLASSIFIED, number, message.id, f"{verdict.kind} ({verdict.rule})")
 
 
 def file_postmaster(
@@ -143,7 +143,7 @@ def file_postmaster(
     message.detail = (f"to postmaster: passed on to {', '.join(readers)}" if readers
                       else "to postmaster: kept; nobody to pass it on to (or rate-limited)")
     _save(session, message, files, None)
-    return Outcome("classified", None, message.id, message.detail)
+    return Outcome(Status.CLASSIFIED, None, message.id, message.detail)
 
 
 def open_or_hold(
@@ -156,14 +156,14 @@ def open_or_hold(
         message.kind = "no_sender"
         message.detail = "no usable From address: kept, no ticket"
         _save(session, message, files, None)
-        return Outcome("classified", None, message.id, message.detail)
+        return Outcome(Status.CLASSIFIED, None, message.id, message.detail)
     account = session.exec(select(Account).where(Account.address == sender.address)).first()
     if not _may_open(session, desk, sender.address, account):
         message.kind = "held"
         message.detail = "sender has no Help Desk account (policy: registered)"
         _save(session, message, files, None)
         notifications.no_account(session, desk, sender, mail.subject, message, now)
-        return Outcome("held", None, message.id, message.detail)
+        return Outcome(Status.HELD, None, message.id, message.detail)
     if account is None:
         session.add(Account(address=sender.address, name=sender.name, created_at=now))
     return open_ticket(session, desk, mail, message, files, sender, linked)
@@ -226,7 +226,7 @@ def open_ticket(
                                       sorted({p.hook for p in pages}), not_paged=withheld,
                                       not_copied=not_copied)
     detail = f"{Severity(ticket.severity).label}, {len(cc)} copied, {len(files)} attached"
-    return Outcome("new_ticket", ticket.id, message.id, detail)
+    return Outcome(Status.NEW_TICKET, ticket.id, message.id, detail)
 
 
 def _calls_for_page(desk: Desk, severity: Severity) -> bool:
@@ -306,7 +306,7 @@ def file_reply(
         message.detail = "; ".join(errors)[:2000]
         _save(session, message, files, ticket)
         notifications.command_error(session, desk, ticket, sender.address, errors, now)
-        return Outcome("reply", ticket.id, message.id, "command error: not published")
+        return Outcome(Status.REPLY, ticket.id, message.id, "command error: not published")
     _save(session, message, files, ticket)
     ticket.updated_at = now
     # A From header proves nothing: a mail that joined only by its subject tag and
@@ -323,7 +323,7 @@ def file_reply(
                          detail="#unfollow")
         if not text.strip():
             session.add(ticket)
-            return Outcome("reply", ticket.id, message.id,
+            return Outcome(Status.REPLY, ticket.id, message.id,
                            "#unfollow ignored: joined by subject tag only" if by_from_only
                            else "unfollowed")
     if not by_from_only:
@@ -341,7 +341,7 @@ def file_reply(
         attach(session, incident, ticket, actor, now)
     _tell(session, desk, ticket, message, mail, commands, is_agent, now,
           status_change=status_change, raised_from=before[0], paging=paging)
-    return Outcome("reply", ticket.id, message.id, f"{message.kind} by {match.how}")
+    return Outcome(Status.REPLY, ticket.id, message.id, f"{message.kind} by {match.how}")
 
 
 def _tell(
@@ -384,7 +384,7 @@ def _from_outside(
                 "for the agents only", ticket.id, mail.message_id, sender)
     notifications.fan_out(session, desk, ticket, message, desk.clock.now(), author_is_agent=False,
                           already_reached=(), note=True)
-    return Outcome("reply", ticket.id, message.id, "from outside the ticket: for the agents only")
+    return Outcome(Status.REPLY, ticket.id, message.id, "from outside the ticket: for the agents only")
 
 
 def _join(
