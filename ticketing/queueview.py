@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 
 from ticketing.models import Message, Ticket
 from ticketing.participants import agent_addresses
+from ticketing.search import matching
 from ticketing.settings import Settings
 from ticketing.severity import Severity
 
@@ -42,20 +43,6 @@ def _naive(value: datetime) -> datetime:
     return value.replace(tzinfo=None) if value.tzinfo is not None else value
 
 
-def search_ids(session: Session, text: str) -> Any:
-    """Tickets whose subject or any mail's text holds the words (every word, any case).
-    A LIKE scan: fine for a desk's tens of thousands of mails."""
-    words = [w for w in text.lower().split() if w][:8]
-    query = select(Ticket.id)
-    for word in words:
-        pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        in_mail = select(Message.ticket_id).where(
-            func.lower(Message.text).like(pattern, escape="\\"))
-        query = query.where(or_(func.lower(Ticket.subject).like(pattern, escape="\\"),
-                                col(Ticket.id).in_(in_mail)))
-    return query
-
-
 def queue(session: Session, settings: Settings, wanted: QueueFilter, now: datetime,
           limit: int = 200) -> list[QueueLine]:
     agents = set(agent_addresses(session, settings))
@@ -81,9 +68,14 @@ def queue(session: Session, settings: Settings, wanted: QueueFilter, now: dateti
         query = query.where(Ticket.assignee == wanted.mine)
     if wanted.unassigned:
         query = query.where(or_(col(Ticket.assignee).is_(None), col(Ticket.assignee) == ""))
+    order: list[Any] = [col(Ticket.severity), waiting, col(Ticket.id)]
     if wanted.text.strip():
-        query = query.where(col(Ticket.id).in_(search_ids(session, wanted.text)))
-    query = query.order_by(col(Ticket.severity), waiting, col(Ticket.id)).limit(limit)
+        found = matching(session, wanted.text)
+        if found is None:
+            return []  # nothing typed that a word could match
+        query = query.join(found, found.c.ticket_id == Ticket.id)
+        order.insert(1, found.c.score)  # S0 first, then the best match
+    query = query.order_by(*order).limit(limit)
     now = _naive(now)
     lines = []
     for ticket, wrote in session.exec(query).all():
