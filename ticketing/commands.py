@@ -1,15 +1,16 @@
 """Agent commands on their own lines at the top of a mail: #note, #status, #severity, #assign,
-#incident."""
+#incident, #follow and #unfollow with an address."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
+from ticketing.addresses import normalize
 from ticketing.severity import Severity
 
 STATUSES = ("open", "pending", "solved", "closed")
-_COMMAND = re.compile(r"^#(note|status|severity|assign|incident|unfollow)\b[ \t]*(.*?)\s*$",
+_COMMAND = re.compile(r"^#(note|status|severity|assign|incident|follow|unfollow)\b[ \t]*(.*?)\s*$",
                       re.IGNORECASE)
 _UNFOLLOW = re.compile(r"^[ \t]*#unfollow[ \t]*$", re.IGNORECASE | re.MULTILINE)
 
@@ -23,6 +24,8 @@ class Commands:
     severity: Severity | None = None
     assign: str | None = None  # "me" or an address
     incident: int | None = None  # attach the ticket to this incident
+    follow: tuple[str, ...] = ()  # addresses to put on the ticket as followers
+    unfollow: tuple[str, ...] = ()  # addresses to take off it
     errors: tuple[str, ...] = ()
     lines: tuple[str, ...] = field(default=(), repr=False)
 
@@ -34,6 +37,8 @@ def split_commands(text: str) -> tuple[Commands, str]:
     note = False
     status = severity = assign = None
     incident: int | None = None
+    follow: list[str] = []
+    unfollow: list[str] = []
     errors: list[str] = []
     found: list[str] = []
     while index < len(lines):
@@ -49,8 +54,14 @@ def split_commands(text: str) -> tuple[Commands, str]:
         index += 1
         if name == "note":
             note = True
-        elif name == "unfollow":
-            continue  # handled for everyone by wants_unfollow()
+        elif name in ("follow", "unfollow"):
+            if name == "unfollow" and not argument:
+                continue  # leaving oneself: handled for everyone by wants_unfollow()
+            address = normalize(argument)
+            if address:
+                (follow if name == "follow" else unfollow).append(address)
+            else:
+                errors.append(f"{line}: give one address, as in #{name} dave@example.com")
         elif name == "status":
             if argument.lower() in STATUSES:
                 status = argument.lower()
@@ -73,7 +84,8 @@ def split_commands(text: str) -> tuple[Commands, str]:
             else:
                 errors.append(f"{line}: give the incident's number, as in #incident 1")
     rest = "\n".join(lines[index:]).strip("\n")
-    commands = Commands(note, status, severity, assign, incident, tuple(errors), tuple(found))
+    commands = Commands(note, status, severity, assign, incident, tuple(follow), tuple(unfollow),
+                        tuple(errors), tuple(found))
     return commands, rest
 
 

@@ -78,6 +78,19 @@ def add_participants(
     return added
 
 
+def follow(session: Session, ticket: Ticket, person: Address, now: datetime) -> bool:
+    """An agent puts someone on the ticket: a follower from now on, or back after leaving.
+    False when they were on it already."""
+    if add_participants(session, ticket, [person], "follower", now):
+        return True
+    current = session.info["participants"][ticket.id][person.address]
+    if current.active:
+        return False
+    current.active = True
+    session.add(current)
+    return True
+
+
 def unfollow(session: Session, ticket: Ticket, address: str) -> bool:
     participant = session.exec(
         select(Participant).where(Participant.ticket_id == ticket.id, Participant.address == address)

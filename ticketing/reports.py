@@ -8,7 +8,16 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from ticketing.audit import trail
-from ticketing.models import Attachment, Message, Outbox, Participant, Quarantine, Ticket
+from ticketing.models import (
+    Attachment,
+    Message,
+    Outbox,
+    Page,
+    PageAttempt,
+    Participant,
+    Quarantine,
+    Ticket,
+)
 from ticketing.severity import Severity
 
 
@@ -56,7 +65,7 @@ def _attachments(session: Session, message_pk: int | None) -> list[dict[str, Any
         select(Attachment).where(Attachment.message_pk == message_pk).order_by(col(Attachment.id))
     ).all()
     return [
-        {"filename": a.filename, "content_type": a.content_type, "size": a.size,
+        {"id": a.id, "filename": a.filename, "content_type": a.content_type, "size": a.size,
          "sha256": a.sha256, "inline": a.inline}
         for a in rows
     ]
@@ -95,6 +104,41 @@ def show_ticket(session: Session, number: int) -> dict[str, Any] | None:
         "sent": [outbox_record(o) for o in sent],
         "audit": trail(session, number),
     }
+
+
+_PAGE_STATES = {"pending": "queued", "delivered": "delivered", "gave_up": "given up",
+                "skipped": "not sent"}
+
+
+def page_history(session: Session, number: int) -> list[dict[str, Any]]:
+    """The ticket's pages, oldest first, each with every attempt to deliver it: queued,
+    delivered, given up, or withheld by the page limits (and why)."""
+    pages = session.exec(
+        select(Page).where(Page.ticket_id == number).order_by(col(Page.id))
+    ).all()
+    attempts: dict[int, list[dict[str, Any]]] = {}
+    for a in session.exec(
+        select(PageAttempt).where(col(PageAttempt.page_id).in_([p.id for p in pages]))
+        .order_by(col(PageAttempt.id))
+    ).all():
+        attempts.setdefault(a.page_id, []).append(
+            {"at": _time(a.at), "ok": a.ok, "detail": a.detail})
+    return [
+        {"id": p.id, "hook": p.hook, "action": p.action, "status": p.status,
+         "state": _PAGE_STATES.get(p.status, p.status) if p.action != "withheld" else "withheld",
+         "attempts": attempts.get(p.id or 0, []), "created_at": _time(p.created_at),
+         "delivered_at": _time(p.delivered_at), "last_error": p.last_error}
+        for p in pages
+    ]
+
+
+def file_on_ticket(session: Session, number: int, file_id: int) -> Attachment | None:
+    """A file of any mail or note on the ticket (agents see them all); None otherwise."""
+    row = session.get(Attachment, file_id)
+    if row is None:
+        return None
+    message = session.get(Message, row.message_pk)
+    return row if message is not None and message.ticket_id == number else None
 
 
 def outbox_record(o: Outbox) -> dict[str, Any]:

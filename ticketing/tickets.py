@@ -22,6 +22,7 @@ from ticketing.participants import (
     add_participants,
     agent_addresses,
     among_participants,
+    follow,
     opened,
     unfollow,
 )
@@ -301,6 +302,7 @@ def file_reply(
     incident = session.get(Incident, commands.incident) if commands.incident else None
     if commands.incident and incident is None:
         errors.append(f"#incident {commands.incident}: no such incident")
+    errors += _follower_errors(session, desk, ticket, commands, agents)
     if errors:
         message.kind = "rejected"
         message.detail = "; ".join(errors)[:2000]
@@ -328,6 +330,7 @@ def file_reply(
                            else "unfollowed")
     if not by_from_only:
         _join(session, desk, ticket, mail, sender, is_agent, agents, now, actor)
+    _change_followers(session, ticket, commands, actor, now)
     before = Severity(ticket.severity), ticket.status
     assignee = ticket.assignee
     status_change = _apply(session, desk, ticket, commands, sender.address, is_agent, mail,
@@ -402,6 +405,33 @@ def _join(
     for person in added:
         actor.record(session, ticket, "follower", new=person.address, now=now,
                      detail="wrote in" if person.address == sender.address else "copied")
+
+
+def _follower_errors(
+    session: Session, desk: Desk, ticket: Ticket, commands: Commands, agents: dict[str, str],
+) -> list[str]:
+    """Followers are customers: not our own addresses, not agents (who hear of the ticket
+    as agents), and never the requester taken off the ticket."""
+    errors = []
+    for address in commands.follow:
+        if is_ours(address, desk.settings) or address in agents:
+            errors.append(f"#follow {address}: an agent or one of our own addresses")
+    for address in commands.unfollow:
+        if address == ticket.requester:
+            errors.append(f"#unfollow {address}: the requester stays on the ticket")
+    return errors
+
+
+def _change_followers(
+    session: Session, ticket: Ticket, commands: Commands, actor: Actor, now: datetime,
+) -> None:
+    """#follow and #unfollow with an address: an agent adds or removes someone."""
+    for address in commands.follow:
+        if follow(session, ticket, Address(address), now):
+            actor.record(session, ticket, "follower", new=address, now=now, detail="#follow")
+    for address in commands.unfollow:
+        if unfollow(session, ticket, address):
+            actor.record(session, ticket, "follower", old=address, now=now, detail="#unfollow")
 
 
 def _apply(

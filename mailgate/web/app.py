@@ -49,6 +49,7 @@ ROUTES = [
     Route("/desk", desk.queue_page),
     Route("/desk/tickets/{number:int}", desk.ticket_page),
     Route("/desk/tickets/{number:int}", desk.act, methods=["POST"]),
+    Route("/desk/tickets/{number:int}/files/{file_id:int}/{name}", desk.download),
     # The operators' pages
     Route("/ops/mail", operations.mail_page),
     Route("/ops/held/{number:int}/release", operations.release_held, methods=["POST"]),

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,6 +20,7 @@ from mailgate.web.pages import (
     Endpoint,
     Posted,
     current_account,
+    file_download,
     in_thread,
     read_form,
     redirect,
@@ -24,14 +28,15 @@ from mailgate.web.pages import (
     web_of,
 )
 from mailgate.web.submission import reply_inbound
+from ticketing.blobs import MissingBlob
 from ticketing.commands import STATUSES
 from ticketing.conversation import reply_address, subject_tag
 from ticketing.db import StorageError, transaction
 from ticketing.desk import Desk
 from ticketing.models import Account, Ticket
-from ticketing.portal import ticket_view
+from ticketing.portal import Person, ticket_view
 from ticketing.queueview import QueueFilter, QueueLine, is_agent, queue
-from ticketing.reports import show_ticket
+from ticketing.reports import file_on_ticket, page_history, show_ticket
 from ticketing.severity import Severity
 
 
@@ -105,16 +110,25 @@ STALE = ("This ticket changed since you opened it (by someone else, or in anothe
          "nothing was done. Look at it again below, then send your change once more.")
 
 
-def _ticket(desk: Desk, number: int) -> tuple[dict[str, Any], str, str] | None:
-    """The ticket as the CLI shows it, its thread's root Message-ID, and its version."""
+@dataclass(frozen=True)
+class Found:
+    shown: dict[str, Any]  # the ticket as the CLI shows it
+    root: str  # its thread's first Message-ID
+    version: str
+    people: list[Person]
+    pages: list[dict[str, Any]]
+
+
+def _ticket(desk: Desk, number: int) -> Found | None:
     with transaction(desk.engine) as session:
         ticket = session.get(Ticket, number)
         if ticket is None:
             return None
         shown = show_ticket(session, number)
         assert shown is not None
-        root = ticket_view(session, desk.settings, ticket).root_message_id
-        return shown, root, version_of(ticket)
+        view = ticket_view(session, desk.settings, ticket)
+        return Found(shown, view.root_message_id, version_of(ticket), view.people,
+                     page_history(session, number))
 
 
 def version_of(ticket: Ticket) -> str:
@@ -124,6 +138,8 @@ def version_of(ticket: Ticket) -> str:
 
 def _number(request: Request) -> int:
     number: int = request.path_params["number"]
+    if number > 2**62:
+        raise HTTPException(404)
     return number
 
 
@@ -132,10 +148,10 @@ async def _show(request: Request, status: int = 200, error: str = "", text: str 
     found = await in_thread(_ticket, web_of(request).desk, _number(request))
     if found is None:
         raise HTTPException(404)
-    shown, _, version = found
-    return render(request, "desk/ticket.html", status, t=shown, version=version, error=error,
-                  text=text, nonce=nonce or secrets.token_hex(16), statuses=STATUSES,
-                  levels=sorted(Severity))
+    return render(request, "desk/ticket.html", status, t=found.shown, version=found.version,
+                  people=found.people, pages=found.pages, error=error, text=text,
+                  nonce=nonce or secrets.token_hex(16), statuses=STATUSES,
+                  levels=sorted(Severity), quote=quote)
 
 
 @agents_only
@@ -157,13 +173,18 @@ def _commands(form: Posted) -> str:
     assign = " ".join(form.text("assign", 320).split())
     if assign:
         lines.append(f"#assign {assign}")
+    for name in ("follow", "unfollow"):
+        address = "".join(form.text(name, 320).split())
+        if address:
+            lines.append(f"#{name} {address}")
     return "\n".join(lines)
 
 
 @agents_only
 async def act(request: Request) -> Response:
-    """Reply, note, status, severity, assign: sent as the agent's mail with its command lines
-    would be, through the one ingest, so mail and web change a ticket the same way."""
+    """Reply, note, status, severity, assign, follow and unfollow: sent as the agent's mail
+    with its command lines would be, through the one ingest, so mail and web change a
+    ticket the same way."""
     account: Account = request.state.account
     desk = web_of(request).desk
     form, ours = await read_form(request)
@@ -174,8 +195,8 @@ async def act(request: Request) -> Response:
     found = await in_thread(_ticket, desk, _number(request))
     if found is None:
         raise HTTPException(404)
-    shown, root, version = found
-    if form.text("version") != version:
+    shown = found.shown
+    if form.text("version") != found.version:
         return await _show(request, 409, STALE, text, nonce)
     # Only what was changed from what the form showed is asked for.
     status = form.text("status")
@@ -185,6 +206,8 @@ async def act(request: Request) -> Response:
         ("status", status if status != shown["status"] else ""),
         ("severity", severity if severity != shown["severity"] else ""),
         ("assign", form.text("assign") if form.text("assign") != (shown["assignee"] or "") else ""),
+        ("follow", form.text("follow")),
+        ("unfollow", form.text("unfollow")),
     ])
     commands = _commands(changes)
     if not commands and not text.strip():
@@ -196,7 +219,7 @@ async def act(request: Request) -> Response:
     inbound = reply_inbound(
         desk.settings, account, nonce if len(nonce) == 32 else secrets.token_hex(16),
         desk.clock.now(), reply_to=reply_address(number, desk.settings),
-        subject=f"Re: {subject_tag(number)} {shown['subject']}", root=root,
+        subject=f"Re: {subject_tag(number)} {shown['subject']}", root=found.root,
         text=(commands + "\n\n" + text).strip("\n"), uploads=form.files("attachments"))
     loop = asyncio.get_running_loop()
     web = web_of(request)
@@ -209,3 +232,25 @@ async def act(request: Request) -> Response:
         return await _show(request, 422, "The change could not be made: " + outcome.detail,
                            text, nonce)
     return redirect(f"/desk/tickets/{number}")
+
+
+def _file(desk: Desk, number: int, file_id: int) -> tuple[str, int, Iterator[bytes]] | None:
+    with transaction(desk.engine) as session:
+        row = file_on_ticket(session, number, file_id)
+    if row is None:
+        return None
+    try:
+        return row.filename, row.size, desk.blobs.chunks(row.sha256)
+    except MissingBlob:
+        return None
+
+
+@agents_only
+async def download(request: Request) -> Response:
+    """Any file on the ticket, notes' too, handed over to save as the customers' are."""
+    file_id: int = request.path_params["file_id"]
+    found = await in_thread(_file, web_of(request).desk, _number(request),
+                            file_id if file_id < 2**62 else 0)
+    if found is None:
+        raise HTTPException(404)
+    return file_download(*found)

@@ -7,15 +7,15 @@ import re
 import secrets
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from mailgate.web.pages import (
     Posted,
     current_account,
+    file_download,
     in_thread,
     read_form,
     redirect,
@@ -177,14 +177,7 @@ async def download(request: Request) -> Response:
     if found is None:
         raise HTTPException(404)
     filename, size, pieces = found
-    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", filename)[:100] or "attachment"
-    return StreamingResponse(pieces, media_type="application/octet-stream", headers={
-        "Content-Length": str(size),
-        "Content-Disposition": f"attachment; filename=\"{fallback}\"; "
-                               f"filename*=UTF-8''{quote(filename, safe='')}",
-        "Content-Security-Policy": "default-src 'none'; sandbox",
-        "Cache-Control": "private, no-store",
-    })
+    return file_download(filename, size, pieces)
 
 
 # --- Submit a request --------------------------------------------------------------------
