@@ -311,6 +311,7 @@ def _incident_text(incidents: list[dict[str, Any]]) -> str:
 
 def cmd_incidents(settings: Settings, args: argparse.Namespace) -> int:
     from ticketing.db import transaction
+    from ticketing.incident_mail import publish
     from ticketing.incidents import (
         IncidentError,
         describe,
@@ -330,7 +331,7 @@ def cmd_incidents(settings: Settings, args: argparse.Namespace) -> int:
                 return 0
             if args.action == "open":
                 components = [c for c in (args.components or "").split(",") if c.strip()]
-                incident, _ = open_incident(
+                incident, posted = open_incident(
                     session, args.title, components=components, state=args.state,
                     message=args.message, author=author, now=now,
                     known=settings.status.components)
@@ -341,13 +342,23 @@ def cmd_incidents(settings: Settings, args: argparse.Namespace) -> int:
                     return 1
                 incident = found
                 state = "resolved" if args.action == "resolve" else args.state
-                post_update(session, incident, state=state, message=args.message or "",
-                            author=author, now=now)
+                posted = post_update(session, incident, state=state,
+                                     message=args.message or "", author=author, now=now)
+            # Subscribers (and, when asked, the attached tickets) are told in the same
+            # transaction: an update is never kept without its mails.
+            told = publish(session, desk, incident, posted, now,
+                           tell_tickets=getattr(args, "tell_tickets", False))
             shown = describe(session, incident)
     except IncidentError as exc:
         print(f"mailgate: incidents {args.action}: {exc}", file=sys.stderr)
         return exitcodes.EX_USAGE
+    desk.committed(pages=False)
     print(f"incident {shown['number']}: {shown['state']}: {shown['title']}")
+    print(f"mailed to {told.subscribers} subscriber(s)"
+          + (f", {told.withheld} left out (bouncing or over their hourly limit)"
+             if told.withheld else ""))
+    if told.tickets:
+        print("told tickets " + ", ".join(f"#{n}" for n in told.tickets))
     return 0
 
 
@@ -560,6 +571,8 @@ def parser() -> argparse.ArgumentParser:
     resolve = incidents.add_parser("resolve", help="mark it resolved")
     resolve.add_argument("number", type=int)
     resolve.add_argument("--message", default="")
+    resolve.add_argument("--tell-tickets", action="store_true",
+                         help="answer each attached ticket that the incident is resolved")
     listing = incidents.add_parser("list")
     listing.add_argument("--json", action="store_true")
     for p in (opening, update, resolve, listing):

@@ -27,7 +27,8 @@ from ticketing.settings import Settings
 
 # The mails we write, each a NAME.txt and NAME.html pair.
 MAIL_TEMPLATES = ("confirmation", "new_ticket", "reply", "status", "command_error", "no_account",
-                  "sign_in", "reset", "password_changed", "postmaster")
+                  "sign_in", "reset", "password_changed", "postmaster",
+                  "status_subscribe", "status_update")
 
 # Clients thread on the nearest references; a long chain only grows every mail.
 _MAX_REFERENCES = 20

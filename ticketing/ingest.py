@@ -22,11 +22,13 @@ from ticketing.models import IngestFailure, Message, Quarantine
 from ticketing.parse import ParsedMail, parse_mail
 from ticketing.participants import agent_addresses
 from ticketing.screening import Verdict, screen
+from ticketing.subscriptions import token_among
 from ticketing.tickets import (
     StoredFile,
     file_classified,
     file_postmaster,
     file_reply,
+    file_unsubscribe,
     keep_files,
     open_or_hold,
     stored_files,
@@ -174,6 +176,10 @@ def _record(
         created_at=desk.clock.now(),
     )
     recipients = inbound.envelope_recipients
+    named = [*recipients, *mail.delivered_to, *(a.address for a in (*mail.to, *mail.cc))]
+    unsubscribing = token_among(named, desk.settings)
+    if verdict.kind != "own" and unsubscribing is not None:
+        return file_unsubscribe(session, desk, message, files, unsubscribing)
     if verdict.kind != "own" and recipients and all(
         is_postmaster(r, desk.settings) for r in recipients
     ):

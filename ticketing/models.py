@@ -322,3 +322,21 @@ class IncidentTicket(SQLModel, table=True):
     ticket_id: int = Field(foreign_key="ticket.id", primary_key=True, index=True)
     attached_at: datetime
     attached_by: str = Field(default="", max_length=320)
+
+
+class StatusSubscriber(SQLModel, table=True):
+    """An address that asked for the status page's updates by mail.
+
+    It gets them once it has confirmed by the mailed link (double opt-in). The link's
+    token is kept only as its hash; the manage and unsubscribe links are signed with the
+    server secret over the row's id and its own random `key`, so a new subscription
+    never answers to an old one's links.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    address: str = Field(max_length=320, unique=True)
+    key: str = Field(max_length=32)
+    created_at: datetime
+    confirmed_at: datetime | None = Field(default=None, index=True)
+    confirm_hash: str = Field(default="", max_length=64)  # "" once confirmed
+    confirm_expires_at: datetime | None = None

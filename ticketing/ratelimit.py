@@ -17,6 +17,11 @@ from ticketing.settings import LimitSettings
 log = logging.getLogger(__name__)
 
 WINDOW = timedelta(hours=1)
+# A status page update to its confirmed subscribers: counted against each reader's
+# hourly limit, but not against the ceiling on all automatic mail, which keeps strangers'
+# mail from making the desk a spam cannon; an operator's update to those who asked for it
+# is not that, and must not use up the room the customers' confirmations need.
+STATUS_UPDATE = "status_update"
 
 
 def _sent_since(session: Session, since: datetime) -> int:
@@ -25,7 +30,8 @@ def _sent_since(session: Session, since: datetime) -> int:
     counts: dict[datetime, int] = session.info.setdefault("auto_replies_since", {})
     if since not in counts:
         counts[since] = int(session.exec(
-            select(func.count()).select_from(AutoReplyLog).where(AutoReplyLog.sent_at > since)
+            select(func.count()).select_from(AutoReplyLog)
+            .where(AutoReplyLog.sent_at > since, AutoReplyLog.kind != STATUS_UPDATE)
         ).one())
     return counts[since]
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select
 
-from ticketing import bounces, notifications, oncall
+from ticketing import bounces, notifications, oncall, subscriptions
 from ticketing.addresses import Address, normalize
 from ticketing.audit import Actor, record_changes, route_of
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
@@ -143,6 +143,22 @@ def file_postmaster(
     readers = notifications.to_postmaster(session, desk, message, desk.clock.now())
     message.detail = (f"to postmaster: passed on to {', '.join(readers)}" if readers
                       else "to postmaster: kept; nobody to pass it on to (or rate-limited)")
+    _save(session, message, files, None)
+    return Outcome(Status.CLASSIFIED, None, message.id, message.detail)
+
+
+def file_unsubscribe(
+    session: Session, desk: Desk, message: Message, files: list[StoredFile], token: str
+) -> Outcome:
+    """Mail to a status subscription's unsubscribe address (the mailto of its
+    List-Unsubscribe header, RFC 2369): the subscription ends; kept, no ticket, no answer."""
+    message.kind = "unsubscribe"
+    row = subscriptions.find_by_token(session, token, desk.settings.support.secret)
+    if row is None:
+        message.detail = "to a status unsubscribe address: no such subscription (ended already)"
+    else:
+        message.detail = f"status updates to {row.address} ended"
+        subscriptions.end(session, row, "unsubscribe mail")
     _save(session, message, files, None)
     return Outcome(Status.CLASSIFIED, None, message.id, message.detail)
 

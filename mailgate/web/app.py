@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mailgate.monitoring import Timing
-from mailgate.web import account, auth, desk, helpdesk, operations, status
+from mailgate.web import account, auth, desk, helpdesk, operations, status, subscriptions
 from mailgate.web.pages import Web, render
 from mailgate.web.security import Guard
 from ticketing.desk import Desk
@@ -60,6 +60,14 @@ ROUTES = [
     Route("/status", status.status_page),
     Route("/status/incidents/{number:int}", status.incident_page),
     Route("/status/feed.atom", status.feed),
+    Route("/status/subscribe", subscriptions.subscribe_page),
+    Route("/status/subscribe", subscriptions.subscribe, methods=["POST"]),
+    Route("/status/confirm/{token}", subscriptions.confirm_page),
+    Route("/status/confirm/{token}", subscriptions.confirm_subscription, methods=["POST"]),
+    Route("/status/subscription/{token}", subscriptions.subscription_page),
+    Route("/status/unsubscribe/{token}", subscriptions.subscription_page),
+    # One-click unsubscribe (RFC 8058): the token is the proof, no form token is asked.
+    Route("/status/unsubscribe/{token}", subscriptions.unsubscribe, methods=["POST"]),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]
 

@@ -141,3 +141,15 @@ def form_is_ours(request: Request, form: FormData, secret: str, base_url: str) -
         return False
     expected = hmac.new(secret.encode(), f"csrf:{cookie}".encode(), hashlib.sha256).hexdigest()
     return same_origin(request, base_url) and hmac.compare_digest(sent, expected)
+
+
+def sent_from_our_page(request: Request, base_url: str) -> bool:
+    """A POST that a browser says came from a page of ours (Origin, or Sec-Fetch-Site
+    when it sends no Origin). For a form on a page every reader shares from a cache,
+    which can carry no token made for one browser: a page on another site cannot make a
+    browser claim our origin, and a request without either header is not taken."""
+    origin = request.headers.get("origin")
+    site = request.headers.get("sec-fetch-site")
+    if origin is None and site is None:
+        return False
+    return same_origin(request, base_url) and (origin is not None or site == "same-origin")
