@@ -183,16 +183,17 @@ async def download(request: Request) -> Response:
 # --- Submit a request --------------------------------------------------------------------
 
 
-def _form_page(request: Request, status: int = 200, **values: Any) -> Response:
+async def _form_page(request: Request, status: int = 200, **values: Any) -> Response:
     fields = {"cc": "", "subject": "", "description": "", "severity": "S3", "confirm": False,
               "error": "", "ask_confirm": False, "nonce": _nonce()} | values
-    return render(request, "new_request.html", status, levels=_levels(),
-                  incidents=_open_incidents(web_of(request).desk), **fields)
+    incidents = await in_thread(_open_incidents, web_of(request).desk)
+    return render(request, "new_request.html", status, levels=_levels(), incidents=incidents,
+                  **fields)
 
 
 @signed_in
 async def new_request_page(request: Request) -> Response:
-    return _form_page(request)
+    return await _form_page(request)
 
 
 def _cc_list(text: str) -> tuple[list[str], list[str]]:
@@ -219,11 +220,11 @@ async def submit_request(request: Request) -> Response:
         "nonce": _nonce(form),
     }
     if not ours:
-        return _form_page(request, 403, error=EXPIRED, **values)
+        return await _form_page(request, 403, error=EXPIRED, **values)
     try:
         severity = Severity.parse(values["severity"])
     except ValueError:
-        return _form_page(request, 400, error="Choose a severity.", **values)
+        return await _form_page(request, 400, error="Choose a severity.", **values)
     cc, bad = _cc_list(values["cc"])
     problem = ""
     if bad:
@@ -233,9 +234,9 @@ async def submit_request(request: Request) -> Response:
     elif not values["description"].strip():
         problem = "Describe the problem."
     if problem:
-        return _form_page(request, 400, error=problem, **values)
+        return await _form_page(request, 400, error=problem, **values)
     if severity is Severity.S0 and not values["confirm"]:
-        return _form_page(request, 200, ask_confirm=True, **values)
+        return await _form_page(request, 200, ask_confirm=True, **values)
     inbound = request_inbound(
         desk.settings, account, values["nonce"], desk.clock.now(), cc=cc,
         subject=values["subject"], description=values["description"], severity=severity,
@@ -243,9 +244,9 @@ async def submit_request(request: Request) -> Response:
     try:
         outcome = await _ingest(request, inbound)
     except StorageError:
-        return _form_page(request, 503, error="Your request could not be stored just now, so "
+        return await _form_page(request, 503, error="Your request could not be stored just now, so "
                           "nothing was sent. Please press Submit again in a minute.", **values)
     if outcome.ticket is None:
-        return _form_page(request, 422, error="Your request could not be opened as a ticket ("
+        return await _form_page(request, 422, error="Your request could not be opened as a ticket ("
                           + outcome.detail + "). Please write to us by mail.", **values)
     return redirect(f"/requests/{outcome.ticket}")
