@@ -14,13 +14,16 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from tests.harness import Received, Relay, send
+from tests.harness import Received, Relay, request, send
 from tests.helpdesk import HelpDesk, WebClient, helpdesk
 from tests.servers import free_port
 from tests.test_cli import run, write_config
+from tests.test_threads import envelope_to, reply_to
+from ticketing.audit import Actor
 from ticketing.db import transaction
 from ticketing.desk import Desk
-from ticketing.models import Message, StatusSubscriber
+from ticketing.incidents import attach
+from ticketing.models import Incident, Message, StatusSubscriber, Ticket
 
 ANN = "ann@reader.test"
 BOB = "bob@reader.test"
@@ -267,3 +270,57 @@ def test_what_an_attacker_tries_confirms_and_ends_nothing(
         message.set_content("unsubscribe")
         send(hd.smtp_port, message, sender="mallory@evil.test", recipients=[forged_mailto])
         assert _confirmed(desk) == {ANN, BOB}
+
+
+def test_resolving_with_tell_tickets_answers_each_attached_ticket_once_in_its_thread(
+    tmp_path: Path, database_url: str, desks: Callable[..., Desk], relay: Relay,
+) -> None:
+    desk = _desk(desks, relay)
+    config = _config(tmp_path, database_url, desk)
+    carol, dave, erin, frank = ("carol@customer.test", "dave@customer.test",
+                                "erin@other.test", "frank@third.test")
+    with helpdesk(desk, relay) as hd:
+        send(hd.smtp_port, request("[S0] Dashboard down", "Nothing loads.",
+                                   sender=f"Carol <{carol}>", cc=dave), sender=carol)
+        send(hd.smtp_port, request("Dashboards blank", "All blank.", sender=erin), sender=erin)
+        send(hd.smtp_port, request("Invoice question", "Which VAT?", sender=frank),
+             sender=frank)
+        confirmations = {a: hd.mails_to(a, "[#")[0] for a in (carol, dave, erin, frank)}
+        _incidents(config, "open", "Dashboards fail to load", "--components", "Dashboard",
+                   "--message", "Looking into it.")
+        with transaction(desk.engine) as session:
+            incident = session.get(Incident, 1)
+            assert incident is not None
+            for number in (1, 2):
+                ticket = session.get(Ticket, number)
+                assert ticket is not None
+                attach(session, incident, ticket, Actor("alice@example.com", route="web"),
+                       desk.clock.now())
+        relay.settle()
+        before = len(relay.received)
+        resolved = _incidents(config, "resolve", "1", "--message", "All dashboards load.",
+                              "--tell-tickets")
+        assert "told tickets #1, #2" in resolved
+        told = relay.settle()[before:]
+        # One mail to each participant of each attached ticket; none on the other ticket.
+        assert sorted(r.rcpt_tos for r in told) == [(carol,), (dave,), (erin,)]
+        for mail in told:
+            reader = mail.rcpt_tos[0]
+            number = 2 if reader == erin else 1
+            message = mail.message
+            assert str(message["Subject"]).startswith(f"Re: [#{number}] ")
+            # Threaded under the mail this reader already has from the ticket.
+            assert message["In-Reply-To"] == confirmations[reader].message["Message-ID"]
+            assert message["Auto-Submitted"] == "auto-generated"
+            text = mail.text()
+            assert "is resolved: Dashboards fail to load" in text
+            assert "All dashboards load." in text
+        # Carol answers it: her mail joins ticket 1, as any answer to it would.
+        to_carol = next(r for r in told if r.rcpt_tos == (carol,))
+        send(hd.smtp_port, reply_to(to_carol, f"Carol <{carol}>", "Thanks, works again."),
+             sender=carol, recipients=envelope_to(to_carol))
+    shown = json.loads(run(config, "tickets", "show", "1", "--json").stdout)
+    texts = [m["text"] for m in shown["messages"]]
+    assert any("is resolved: Dashboards fail to load" in t for t in texts)
+    assert any("Thanks, works again." in t for t in texts)
+    assert len(json.loads(run(config, "tickets", "list", "--json").stdout)) == 3

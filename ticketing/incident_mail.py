@@ -188,7 +188,10 @@ def tell_attached_tickets(session: Session, desk: Desk, incident: Incident,
         session.flush()
         ticket.updated_at = now
         session.add(ticket)
-        fan_out(session, desk, ticket, message, now, author_is_agent=True, already_reached=())
+        # Written by the system at the operator's word: marked so (RFC 3834), and
+        # still answered by the customer into the ticket like any answer of ours.
+        fan_out(session, desk, ticket, message, now, author_is_agent=True, already_reached=(),
+                auto_submitted="auto-generated")
         told.append(number)
     if told:
         log.info("incident %s resolved: told tickets %s", incident.id,

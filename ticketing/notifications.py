@@ -309,6 +309,7 @@ def fan_out(
     session: Session, desk: Desk, ticket: Ticket, message: Message, now: datetime,
     *, author_is_agent: bool, already_reached: Iterable[str], note: bool = False,
     status_change: str | None = None, raised_from: Severity | None = None, paging: bool = False,
+    auto_submitted: str | None = None,
 ) -> list[Outbox]:
     """A new message on a ticket to every participant but its author, once each, with the
     status change it made ("solved", "closed", "reopened") and, to agents, a severity a
@@ -317,6 +318,7 @@ def fan_out(
     One mail per recipient: each copy names only its reader and our signed Reply-To,
     so "reply all" in any client comes back through the ticket (recorded, threaded,
     fanned out once) instead of going around it, and a bounce names one address.
+    `auto_submitted` for a message the system wrote (an incident resolved), not a person.
     """
     assert ticket.id is not None
     author = message.from_address
@@ -363,12 +365,13 @@ def fan_out(
         text, html = desk.templates.render("reply", **context)
         urgent = raised and severity is Severity.S0
         # A person's words: no Auto-Submitted (RFC 3834 section 5), or the reader's
-        # helpdesk and mail rules treat an answer as machine mail.
+        # helpdesk and mail rules treat an answer as machine mail; the system's own
+        # words (auto_submitted) are marked as such.
         rows.append(_ticket_mail(
             session, desk, ticket, "note" if note else "reply", now, to=[Address(address, name)],
             subject=f"{'[Note] ' if note else ''}Re: {subject_tag(ticket.id)} {ticket.subject}",
             text=text, html=html, from_name=f"{display} via {desk.settings.support.name}",
-            attachments=files, auto_submitted=None,
+            attachments=files, auto_submitted=auto_submitted,
             extra_headers=[("Importance", "high"), ("X-Priority", "1")] if urgent else [],
         ))
     return rows
