@@ -41,6 +41,10 @@ class RelayRefused(TemporaryFailure):
     """The relay refused the mail as a whole (its policy, its login): not the readers' fault."""
 
 
+class _Dropped(Exception):
+    """The relay closed the connection before it took the mail."""
+
+
 class PermanentFailure(Exception):
     """Give up: the relay answered 5xx for every recipient."""
 
@@ -152,12 +156,26 @@ class RelayTransport:
         return client
 
     def send(self, row: Outbox) -> Sent:
-        recipients = json.loads(row.recipients)
-        options: list[str] = []
         try:
             raw = b"".join(message(row, self.blobs))
         except OSError as exc:  # a file it names cannot be read here now
             raise TemporaryFailure(f"attached file: {exc}") from exc
+        if self._client is not None:
+            try:
+                return self._send(row, raw)
+            except _Dropped:
+                # A relay may end a connection it has kept open (after so many mails on
+                # it): the mail was not taken, and goes again on a new connection.
+                log.info("%s closed the connection; sending <%s> on a new one", self.name,
+                         row.message_id)
+        try:
+            return self._send(row, raw)
+        except _Dropped as exc:
+            raise self._refused(str(exc)) from exc.__cause__
+
+    def _send(self, row: Outbox, raw: bytes) -> Sent:
+        recipients = json.loads(row.recipients)
+        options: list[str] = []
         try:
             client = self._session()
             if not all(a.isascii() for a in (row.mail_from, *recipients)):
@@ -182,8 +200,14 @@ class RelayTransport:
             if any(code >= 500 for code, _ in answers.values()):
                 raise self._refused(f"recipients refused: {answers}") from exc
             raise TemporaryFailure(f"{self.name}: recipients refused for now: {answers}") from exc
-        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError,
-                smtplib.SMTPAuthenticationError) as exc:
+        except smtplib.SMTPSenderRefused as exc:
+            if exc.smtp_code == 421:
+                # The relay closes the connection at MAIL FROM: nothing of this mail
+                # was taken.
+                self.close()
+                raise _Dropped(f"{exc.smtp_code} {_text(exc.smtp_error)}") from exc
+            raise self._refused(f"{exc.smtp_code} {_text(exc.smtp_error)}") from exc
+        except (smtplib.SMTPDataError, smtplib.SMTPAuthenticationError) as exc:
             # A refusal at MAIL FROM, DATA or the login says nothing about the readers.
             raise self._refused(f"{exc.smtp_code} {_text(exc.smtp_error)}") from exc
         except smtplib.SMTPResponseException as exc:
@@ -319,8 +343,10 @@ def claim_next(desk: Desk, worker: str) -> Outbox | None:
 
 
 def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
-                unrecorded: list[Attempt] | None = None) -> int:
+             unrecorded: list[Attempt] | None = None, keep_open: bool = False) -> int:
     """Send up to `limit` due mails over one relay connection; returns how many were sent.
+    `keep_open`: the connection stays open for the next pass (the caller closes it);
+    else it is closed when the pass ends.
 
     Each send's result is recorded in the same short transaction that claims the next
     mail: one commit a mail, and a mail is held only while it is being sent.
@@ -360,7 +386,10 @@ def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
             except StorageError:
                 _keep(kept, previous)
                 raise
-    finally:
+    except BaseException:
+        transport.close()
+        raise
+    if not keep_open:
         transport.close()
     return sent
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from mailgate.outbound import Attempt, send_due, transport_for
+from mailgate.outbound import Attempt, Transport, send_due, transport_for
 from mailgate.paging import run_paging, worker_name
 from mailgate.waiting import first_of
 from ticketing.blobs import clean_temporary
@@ -33,6 +33,11 @@ class CannotListen(Exception):
         super().__init__(f"{what} on {host}:{port}: {error.strerror or error}")
 
 
+# A relay connection with no mail to carry for this long is closed; while mail keeps
+# coming, one connection carries it all.
+RELAY_IDLE = 5.0
+
+
 async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) -> None:
     """Send due mail as soon as a commit queues it, and check every second for retries;
     return as soon as stop is set (a pass under way finishes first)."""
@@ -40,23 +45,36 @@ async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) 
     worker = worker_name()
     loop = asyncio.get_running_loop()
     unrecorded: list[Attempt] = []  # sent while the database was away: recorded when back
-    while not stop.is_set():
-        wake.clear()
-        try:
-            sent = await loop.run_in_executor(None, send_due, desk, transport, worker, 50,
-                                              unrecorded)
-        except StorageError as exc:
-            # One line a pass, not a traceback: the database is away, not a bug here.
-            log.warning("outbound worker: the database is unavailable (%s); %d send(s) "
-                        "to record when it is back; trying again shortly", exc,
-                        len(unrecorded))
-            sent = 0
-        except Exception:
-            log.exception("outbound worker: delivery pass failed; trying again shortly")
-            sent = 0
-        if sent:
-            continue
-        await first_of(stop, wake, timeout=1.0)
+    last_sent = time.monotonic()
+    try:
+        while not stop.is_set():
+            wake.clear()
+            sent = await _outbound_pass(desk, transport, worker, unrecorded)
+            if sent:
+                last_sent = time.monotonic()
+                continue
+            if time.monotonic() - last_sent > RELAY_IDLE:
+                await loop.run_in_executor(None, transport.close)
+            await first_of(stop, wake, timeout=1.0)
+    finally:
+        await loop.run_in_executor(None, transport.close)
+
+
+async def _outbound_pass(desk: Desk, transport: Transport, worker: str,
+                         unrecorded: list[Attempt]) -> int:
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(None, send_due, desk, transport, worker, 50,
+                                          unrecorded, True)
+    except StorageError as exc:
+        # One line a pass, not a traceback: the database is away, not a bug here.
+        log.warning("outbound worker: the database is unavailable (%s); %d send(s) "
+                    "to record when it is back; trying again shortly", exc,
+                    len(unrecorded))
+        return 0
+    except Exception:
+        log.exception("outbound worker: delivery pass failed; trying again shortly")
+        return 0
 
 
 class AcceptFaults:

@@ -59,6 +59,7 @@ class Received:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     raw: bytes
+    connection: int = 0  # which connection to the relay carried it, counted from 1
 
     @property
     def message(self) -> EmailMessage:
@@ -72,14 +73,38 @@ class Received:
 
 
 class _Sink:
-    def __init__(self) -> None:
+    def __init__(self, mails_per_connection: int = 0) -> None:
         self.received: list[Received] = []
         self.changed = threading.Condition()
+        self.mails_per_connection = mails_per_connection
+        self._connections: list[Any] = []  # aiosmtpd's session object of each connection
+        self._taken: dict[int, int] = {}  # mails taken on each connection
+
+    def _connection(self, session: Any) -> int:
+        for number, known in enumerate(self._connections, 1):
+            if known is session:
+                return number
+        self._connections.append(session)
+        return len(self._connections)
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          mail_options: list[str]) -> str:
+        number = self._connection(session)
+        if self.mails_per_connection and self._taken.get(number, 0) >= self.mails_per_connection:
+            # As relays that limit the mails on one connection do: say so, and hang up.
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return "421 4.7.0 Too many messages on this connection"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.changed:
+            number = self._connection(session)
+            self._taken[number] = self._taken.get(number, 0) + 1
             self.received.append(
-                Received(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content)
+                Received(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content,
+                         number)
             )
             self.changed.notify_all()
         return "250 OK"
@@ -88,9 +113,9 @@ class _Sink:
 class Relay:
     """An aiosmtpd server on loopback standing in for the company's relay: it keeps every mail."""
 
-    def __init__(self) -> None:
+    def __init__(self, mails_per_connection: int = 0) -> None:
         self.port = free_port()
-        self._sink = _Sink()
+        self._sink = _Sink(mails_per_connection)
         self._controller = Controller(self._sink, hostname="127.0.0.1", port=self.port,
                                       decode_data=False)
 

@@ -1,0 +1,50 @@
+"""Mail out goes over few relay connections, and a relay that hangs up loses none of it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from tests.harness import Relay, request, send, serving
+from tests.servers import free_port
+from ticketing.desk import Desk
+from ticketing.inbound import Inbound
+
+
+def _confirmations(relay: Relay, count: int) -> list[str]:
+    found = relay.wait_for(count, where=lambda r: r.rcpt_tos[0].endswith("@customer.test"))
+    return [r.message["Subject"] for r in found]
+
+
+def test_mail_that_keeps_coming_goes_over_one_relay_connection(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
+    with serving(desk) as port:
+        for n in range(5):
+            # One request at a time: each confirmation is out before the next one comes.
+            assert send(port, request(f"Request {n}", "Please.",
+                                      sender=f"c{n}@customer.test")) == {}
+            _confirmations(relay, n + 1)
+        received = relay.settle()
+    assert len(received) == 5
+    assert {r.connection for r in received} == {1}
+
+
+def test_a_relay_that_hangs_up_after_two_mails_gets_every_mail_once_at_once(
+    desks: Callable[..., Desk]
+) -> None:
+    with Relay(mails_per_connection=2) as relay:
+        desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
+        for n in range(5):
+            raw = request(f"Request {n}", "Please.", sender=f"c{n}@customer.test").as_bytes()
+            assert desk.ingest(Inbound(raw, "smtp", "", ("support@example.com",))).ticket
+        with serving(desk):
+            # All five are due at once: one pass, and the relay ends its connection
+            # after every second mail. The rest go on a new one, not after a retry delay.
+            subjects = _confirmations(relay, 5)
+            received = relay.settle()
+    assert len(received) == 5
+    assert Counter(r.message["Message-ID"] for r in received).most_common(1)[0][1] == 1
+    assert sorted(subjects) == sorted(f"[#{n}] Request {n - 1}" for n in range(1, 6))
+    assert len({r.connection for r in received}) == 3
