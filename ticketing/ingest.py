@@ -14,23 +14,35 @@ from sqlmodel import Session, select
 
 from ticketing import oncall
 from ticketing.authresults import sender_authenticated
-from ticketing.conversation import is_postmaster
 from ticketing.db import StorageError, transaction
+from ticketing.destination import (
+    Classified,
+    FromOutside,
+    Held,
+    NewTicket,
+    NoSender,
+    Reply,
+    ToPostmaster,
+    Unsubscribe,
+    destination,
+)
 from ticketing.dkimcheck import verified_signers
 from ticketing.inbound import Inbound, Outcome, Status
 from ticketing.models import IngestFailure, Message, Quarantine
 from ticketing.parse import ParsedMail, parse_mail
 from ticketing.participants import agent_addresses
 from ticketing.screening import Verdict, screen
-from ticketing.subscriptions import token_among
 from ticketing.tickets import (
     StoredFile,
     file_classified,
+    file_from_outside,
     file_postmaster,
     file_reply,
     file_unsubscribe,
+    file_without_sender,
+    hold,
     keep_files,
-    open_or_hold,
+    open_new,
     stored_files,
 )
 
@@ -175,20 +187,25 @@ def _record(
         raw_size=len(inbound.raw),
         created_at=desk.clock.now(),
     )
-    recipients = inbound.envelope_recipients
-    named = [*recipients, *mail.delivered_to, *(a.address for a in (*mail.to, *mail.cc))]
-    unsubscribing = token_among(named, desk.settings)
-    if verdict.kind != "own" and unsubscribing is not None:
-        return file_unsubscribe(session, desk, message, files, unsubscribing)
-    if verdict.kind != "own" and recipients and all(
-        is_postmaster(r, desk.settings) for r in recipients
-    ):
-        return file_postmaster(session, desk, message, files)
-    if verdict.kind != "human":
-        return file_classified(session, desk, inbound, mail, message, files, verdict, believed)
-    return file_reply(session, desk, inbound, mail, message, files, believed) or open_or_hold(
-        session, desk, inbound, mail, message, files
-    )
+    match destination(session, desk.settings, inbound, mail, verdict, believed,
+                      desk.clock.now()):
+        case Unsubscribe() as unsubscribe:
+            return file_unsubscribe(session, desk, message, files, unsubscribe)
+        case ToPostmaster():
+            return file_postmaster(session, desk, message, files)
+        case Classified():
+            return file_classified(session, desk, inbound, mail, message, files, verdict,
+                                   believed)
+        case NoSender():
+            return file_without_sender(session, message, files)
+        case Held() as held:
+            return hold(session, desk, mail, message, files, held)
+        case NewTicket() as new:
+            return open_new(session, desk, mail, message, files, new)
+        case FromOutside() as outside:
+            return file_from_outside(session, desk, mail, message, files, outside)
+        case Reply() as reply:
+            return file_reply(session, desk, inbound, mail, message, files, reply)
 
 
 def quarantine(desk: Desk, inbound: Inbound, exc: BaseException) -> Outcome:

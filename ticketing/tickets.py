@@ -4,28 +4,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select
 
 from ticketing import bounces, notifications, oncall, subscriptions
-from ticketing.addresses import Address, normalize
+from ticketing.addresses import Address
 from ticketing.audit import Actor, record_changes, route_of
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
 from ticketing.conversation import clean_subject, find_ticket, is_ours
+from ticketing.destination import FromOutside, Held, NewTicket, Reply, Unsubscribe
 from ticketing.inbound import Inbound, Outcome, Status
 from ticketing.incidents import attach
 from ticketing.models import Account, Attachment, Incident, Message, ThreadRef, Ticket
 from ticketing.parse import ParsedMail
-from ticketing.participants import (
-    add_participants,
-    agent_addresses,
-    among_participants,
-    follow,
-    opened,
-    unfollow,
-)
+from ticketing.participants import add_participants, agent_addresses, follow, opened, unfollow
 from ticketing.quotes import cut_reply
 from ticketing.screening import Verdict
 from ticketing.severity import Severity, severity_in, strip_tags
@@ -82,13 +76,6 @@ def _save(session: Session, message: Message, files: list[StoredFile], ticket: T
             log.warning("<%s> also names a mail on #%s: it threads no ticket any more",
                         message.message_id, known.ticket_id)
             session.delete(known)
-
-
-def _sender(mail: ParsedMail, inbound: Inbound) -> Address | None:
-    if mail.sender:
-        return mail.sender
-    address = normalize(inbound.envelope_sender)
-    return Address(address) if address else None
 
 
 def _copied(
@@ -148,12 +135,12 @@ def file_postmaster(
 
 
 def file_unsubscribe(
-    session: Session, desk: Desk, message: Message, files: list[StoredFile], token: str
+    session: Session, desk: Desk, message: Message, files: list[StoredFile], unsubscribe: Unsubscribe
 ) -> Outcome:
     """Mail to a status subscription's unsubscribe address (the mailto of its
     List-Unsubscribe header, RFC 2369): the subscription ends; kept, no ticket, no answer."""
     message.kind = "unsubscribe"
-    row = subscriptions.find_by_token(session, token, desk.settings.support.secret)
+    row = subscriptions.find_by_token(session, unsubscribe.token, desk.settings.support.secret)
     if row is None:
         message.detail = "to a status unsubscribe address: no such subscription (ended already)"
     else:
@@ -163,39 +150,39 @@ def file_unsubscribe(
     return Outcome(Status.CLASSIFIED, None, message.id, message.detail)
 
 
-def open_or_hold(
-    session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, message: Message,
-    files: list[StoredFile], linked: Ticket | None = None,
+def file_without_sender(
+    session: Session, message: Message, files: list[StoredFile]
 ) -> Outcome:
-    now = desk.clock.now()
-    sender = _sender(mail, inbound)
-    if sender is None or is_ours(sender.address, desk.settings):
-        message.kind = "no_sender"
-        message.detail = "no usable From address: kept, no ticket"
-        _save(session, message, files, None)
-        return Outcome(Status.CLASSIFIED, None, message.id, message.detail)
-    account = session.exec(select(Account).where(Account.address == sender.address)).first()
-    if not _may_open(session, desk, sender.address, account):
-        message.kind = "held"
-        message.detail = "sender has no Help Desk account (policy: registered)"
-        _save(session, message, files, None)
-        notifications.no_account(session, desk, sender, mail.subject, message, now)
-        return Outcome(Status.HELD, None, message.id, message.detail)
-    if account is None:
-        session.add(Account(address=sender.address, name=sender.name, created_at=now))
-    return open_ticket(session, desk, mail, message, files, sender, linked)
+    """No usable From address and no ticket it answers: kept, no ticket."""
+    message.kind = "no_sender"
+    message.detail = "no usable From address: kept, no ticket"
+    _save(session, message, files, None)
+    return Outcome(Status.CLASSIFIED, None, message.id, message.detail)
 
 
-def _may_open(session: Session, desk: Desk, address: str, account: Account | None) -> bool:
-    support = desk.settings.support
-    if support.sender_policy == "open":
-        return True
-    if account is not None and (account.registered or account.bouncing_since is None):
-        return True  # an operator's account, or one made on an earlier mail (not by a bounce)
-    domain = address.rpartition("@")[2]
-    if domain in {d.lower() for d in support.allowed_domains}:
-        return True
-    return address in agent_addresses(session, desk.settings)
+def hold(
+    session: Session, desk: Desk, mail: ParsedMail, message: Message, files: list[StoredFile],
+    held: Held,
+) -> Outcome:
+    """A request the sender policy keeps from opening a ticket: held, and the sender told
+    how to get an account."""
+    message.kind = "held"
+    message.detail = "sender has no Help Desk account (policy: registered)"
+    _save(session, message, files, None)
+    notifications.no_account(session, desk, held.sender, mail.subject, message, desk.clock.now())
+    return Outcome(Status.HELD, None, message.id, message.detail)
+
+
+def open_new(
+    session: Session, desk: Desk, mail: ParsedMail, message: Message, files: list[StoredFile],
+    new: NewTicket,
+) -> Outcome:
+    """A new ticket (linked to the closed one it answers, if any); the sender gets an
+    account when they have none."""
+    sender = new.sender
+    if new.account is None:
+        session.add(Account(address=sender.address, name=sender.name, created_at=desk.clock.now()))
+    return open_ticket(session, desk, mail, message, files, sender, new.linked)
 
 
 def open_ticket(
@@ -278,31 +265,12 @@ def _escalation(
 
 def file_reply(
     session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, message: Message,
-    files: list[StoredFile], believed: bool,
-) -> Outcome | None:
-    """A mail on an existing ticket; None when it belongs to no ticket. `believed`: the
-    From address passed the agents.trust check."""
-    sender = _sender(mail, inbound)
-    if sender is None:
-        return None
-    agents = agent_addresses(session, desk.settings)
-    is_agent = sender.address in agents and believed
-    match = find_ticket(session, mail, inbound, desk.settings, sender.address, is_agent,
-                        unverified_agent=sender.address in agents and not is_agent)
-    if match is None:
-        return None
-    ticket = match.ticket
+    files: list[StoredFile], reply: Reply,
+) -> Outcome:
+    """A mail on a ticket from a participant or an authenticated agent: its commands,
+    the changes it makes, and who hears of it."""
+    ticket, sender, is_agent, agents = reply.ticket, reply.sender, reply.is_agent, reply.agents
     now = desk.clock.now()
-    if not is_agent and ticket.status == "closed" and now - ticket.status_changed_at > timedelta(
-        days=desk.settings.tickets.reopen_days
-    ):
-        return open_or_hold(session, desk, inbound, mail, message, files, linked=ticket)
-    if sender.address in agents and not is_agent:
-        log.warning("[#%s] mail from agent address %s failed authentication: treated as a "
-                    "customer's", ticket.id, sender.address)
-    if match.how == "token" and not is_agent and not among_participants(
-            session, ticket, sender.address):
-        return _from_outside(session, desk, ticket, mail, message, files, sender.address)
     text = cut_reply(mail.text)
     commands = Commands()
     if is_agent:
@@ -330,7 +298,7 @@ def file_reply(
     # A From header proves nothing: a mail that joined only by its subject tag and
     # its From (no reply token, no Message-ID of the thread) is added to the thread
     # but changes nobody's place on it.
-    by_from_only = match.how == "tag" and not is_agent
+    by_from_only = reply.how == "tag" and not is_agent
     if by_from_only and (leaving or _copied(mail, desk, {sender.address})):
         log.warning("[#%s] <%s> from %s joined by its subject tag only: its #unfollow and "
                     "copied addresses are ignored", ticket.id, mail.message_id, sender.address)
@@ -360,7 +328,7 @@ def file_reply(
         attach(session, incident, ticket, actor, now)
     _tell(session, desk, ticket, message, mail, commands, is_agent, now,
           status_change=status_change, raised_from=before[0], paging=paging)
-    return Outcome(Status.REPLY, ticket.id, message.id, f"{message.kind} by {match.how}")
+    return Outcome(Status.REPLY, ticket.id, message.id, f"{message.kind} by {reply.how}")
 
 
 def _tell(
@@ -387,13 +355,14 @@ def _tell(
                           raised_from=raised_from if raised else None, paging=paging)
 
 
-def _from_outside(
-    session: Session, desk: Desk, ticket: Ticket, mail: ParsedMail, message: Message,
-    files: list[StoredFile], sender: str,
+def file_from_outside(
+    session: Session, desk: Desk, mail: ParsedMail, message: Message, files: list[StoredFile],
+    outside: FromOutside,
 ) -> Outcome:
     """The "ticket trick": a reply address used to sign up elsewhere gets that service's
     verification mail. Mail to it from someone not on the ticket and not in a
     participant's domain is kept for the agents as a note, never passed on to customers."""
+    ticket, sender = outside.ticket, outside.sender
     message.text = cut_reply(mail.text)
     message.kind = "note"
     message.detail = (f"from {sender}, who is not on the ticket: kept for the agents, "
