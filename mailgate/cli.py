@@ -21,6 +21,7 @@ from ticketing.settings import ConfigError, Settings, load_settings
 # needs, so `mailgate deliver` can hand a mail to a running server without it.
 if TYPE_CHECKING:
     from mailgate.serve import CannotListen
+    from ticketing.audit import Actor
     from ticketing.desk import Desk
 
 log = logging.getLogger("mailgate")
@@ -369,7 +370,7 @@ def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
 
     desk = _desk(settings)
     if args.action == "retry":
-        count = retry_now(desk, None if args.all else args.id)
+        count = retry_now(desk, None if args.all else args.id, by=_operator())
         print(f"mailgate: {count} mail(s) due now")
         return 0
     with transaction(desk.engine) as session:
@@ -385,7 +386,7 @@ def cmd_pages(settings: Settings, args: argparse.Namespace) -> int:
 
     desk = _desk(settings)
     if args.action == "retry":
-        count = retry_page(desk.engine, args.id, desk.clock.now())
+        count = retry_page(desk.engine, args.id, desk.clock.now(), by=_operator())
         print(f"mailgate: {count} page(s) due now")
         return 0
     with transaction(desk.engine) as session:
@@ -451,12 +452,13 @@ def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
             from ticketing.accounts import add_account, disable_account
 
             if args.action == "disable":
-                done = disable_account(session, args.address, now)
+                done = disable_account(session, args.address, now, by=_operator())
                 print(f"mailgate: account {args.address} "
                       f"{'disabled; its sessions ended' if done else 'does not exist'}")
                 return 0 if done else 1
             try:
-                account = add_account(session, args.address, args.name or "", now)
+                account = add_account(session, args.address, args.name or "", now,
+                                      by=_operator())
             except ValueError as exc:
                 print(f"mailgate: {exc}", file=sys.stderr)
                 return 2
@@ -477,8 +479,13 @@ def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if args.action == "clear-bounce":
             return _clear_bounce(session, args)
-        rows = session.exec(select(table).order_by(table.address)).all()
-        records = [r.model_dump(mode="json", exclude={"password_hash"}) for r in rows]
+        if table is Account:
+            from ticketing.accounts import list_accounts
+
+            records = list_accounts(session)
+        else:
+            rows = session.exec(select(table).order_by(table.address)).all()
+            records = [r.model_dump(mode="json") for r in rows]
     if table is Agent:
         records = _with_configured_agents(settings, records)
     keys = ("address", "name", "source") if table is Agent else (
@@ -499,22 +506,24 @@ def _with_configured_agents(settings: Settings, records: list[dict[str, Any]]
 
 
 def _clear_bounce(session: Any, args: argparse.Namespace) -> int:
-    from sqlmodel import col, select
-
-    from ticketing.models import Account
-    from ticketing.ratelimit import clear_bouncing
+    from ticketing.accounts import clear_bounces
 
     if args.all == bool(args.address):
         print("mailgate: accounts clear-bounce takes one address or --all", file=sys.stderr)
         return exitcodes.EX_USAGE
-    addresses = [args.address.strip().lower()] if args.address else list(session.exec(
-        select(Account.address).where(col(Account.bouncing_since).is_not(None))).all())
-    cleared = [a for a in addresses if clear_bouncing(session, a)]
+    cleared = clear_bounces(session, args.address, by=_operator())
     if args.address:
         print(f"mailgate: {args.address} {'cleared' if cleared else 'was not bouncing'}")
     else:
         print(f"mailgate: {len(cleared)} address(es) cleared")
     return 0
+
+
+def _operator() -> Actor:
+    """Who runs an operator's command, for the audit trail: the login name."""
+    from ticketing.audit import Actor
+
+    return Actor(os.environ.get("USER", "") or "operator", route="cli")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from mailgate.backoff import backoff
 from ticketing import mime
+from ticketing.audit import SYSTEM, Actor, record
 from ticketing.blobs import BlobStore
 from ticketing.clock import Clock
 from ticketing.db import StorageError, transaction
@@ -464,8 +465,10 @@ def _record(session: Session, desk: Desk, attempt: Attempt, worker: str,
                     stored.next_attempt_at, attempt.error)
 
 
-def retry_now(desk: Desk, outbox_id: int | None, clock: Clock | None = None) -> int:
-    """Operator: make failed or waiting rows due now (one, or all when None)."""
+def retry_now(desk: Desk, outbox_id: int | None, clock: Clock | None = None,
+              by: Actor | None = None) -> int:
+    """Operator: make failed or waiting rows due now (one, or all when None). Each mail
+    of a ticket made due again is on that ticket's audit trail, by `by`."""
     now = (clock or desk.clock).now()
     with transaction(desk.engine) as session:
         # A mail a worker holds right now is left to it: retrying it would send it twice.
@@ -474,7 +477,20 @@ def retry_now(desk: Desk, outbox_id: int | None, clock: Clock | None = None) -> 
             or_(col(Outbox.claimed_until).is_(None), col(Outbox.claimed_until) < now))
         if outbox_id is not None:
             query = query.where(col(Outbox.id) == outbox_id)
-        result = session.execute(
+        retried = session.execute(
             query.values(status="pending", next_attempt_at=now, claimed_until=None)
-        )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+            .returning(col(Outbox.id), col(Outbox.ticket_id), col(Outbox.kind),
+                       col(Outbox.attempts))
+        ).all()
+        by = by or Actor(SYSTEM, route="system")
+        for row_id, ticket_id, kind, attempts in retried:
+            if ticket_id is not None:
+                record(session, ticket_id, "outbox", new="retry", actor=by.address,
+                       actor_name=by.name, route=by.route, now=now,
+                       detail=f"mail {row_id} ({kind}) due again after {attempts} attempt(s)")
+        if retried:
+            log.info("%d outgoing mail(s) due again, by %s via %s", len(retried), by.address,
+                     by.route)
+    if retried:
+        desk.committed(False)
+    return len(retried)

@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from mailgate.backoff import backoff
 from mailgate.hooks import HTTP_TIMEOUT, Hook, Outcome, hooks_for
 from mailgate.waiting import first_of
-from ticketing.audit import SYSTEM, record
+from ticketing.audit import SYSTEM, Actor, record
 from ticketing.clock import Clock
 from ticketing.compose import Templates
 from ticketing.db import StorageError, transaction
@@ -242,23 +242,28 @@ async def run_paging(
 
 
 def retry_page(
-    engine: Engine, page_id: int, now: datetime, window: timedelta | None = None
+    engine: Engine, page_id: int, now: datetime, window: timedelta | None = None,
+    by: Actor | None = None,
 ) -> int:
     """Operator: make a waiting or given-up page due now; returns 1, or 0 when there is none.
 
     With a window the page gets that long again before it gives up; without one it
-    gets at least this one more attempt.
+    gets at least this one more attempt. The retry is on the ticket's audit trail, by `by`.
     """
+    by = by or Actor(SYSTEM, route="system")
     with transaction(engine) as session:
         page = session.get(Page, page_id)
         if page is None or page.status not in ("pending", "gave_up"):
             return 0
+        record(session, page.ticket_id, "page", new=f"{page.action} retry ({page.hook})",
+               detail=f"page {page.id} due again after {page.attempts} attempt(s)",
+               actor=by.address, actor_name=by.name, route=by.route, now=now)
         page.status, page.next_attempt_at = "pending", now
         page.claimed_by, page.claimed_until = "", None
         page.give_up_at = now + window if window is not None else max(page.give_up_at, now)
         session.add(page)
-        log.info("[#%d] page %d (%s %s) due again by operator", page.ticket_id, page.id,
-                 page.hook, page.action)
+        log.info("[#%d] page %d (%s %s) due again, by %s via %s", page.ticket_id, page.id,
+                 page.hook, page.action, by.address, by.route)
         return 1
 
 

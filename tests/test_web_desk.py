@@ -219,7 +219,7 @@ def test_an_operator_releases_held_mail_and_replays_the_quarantine(
     desks: Callable[..., Desk], relay: Relay, person: Callable[[], Any]
 ) -> None:
     desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
-                 agents={"addresses": [ALICE]}, support={"sender_policy": "registered"})
+                 agents={"operators": [ALICE]}, support={"sender_policy": "registered"})
     with helpdesk(desk, relay) as hd:
         hd.add_account(ALICE, "Alice Agent", password=PASSWORD)
         send(hd.smtp_port, request("Please help", "I have no account yet.",

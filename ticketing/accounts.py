@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, or_
 from sqlmodel import Session, col, select
 
 from ticketing.addresses import is_machine_address, normalize
+from ticketing.audit import Actor, operator_action
 from ticketing.conversation import is_ours
 from ticketing.models import Account, Participant, WebAttempt, WebSession
+from ticketing.ratelimit import clear_bouncing
 from ticketing.settings import Settings
 
 # argon2id at OWASP's recommended floor (19 MiB, two passes, one lane): each sign-in
@@ -31,7 +34,8 @@ def find_account(session: Session, address: str) -> Account | None:
     return session.exec(select(Account).where(Account.address == address)).first()
 
 
-def add_account(session: Session, address: str, name: str, now: datetime) -> Account:
+def add_account(session: Session, address: str, name: str, now: datetime,
+                by: Actor | None = None) -> Account:
     """An operator's account (made or taken over), enabled again if it was disabled."""
     found = normalize(address)
     if not found:
@@ -43,10 +47,13 @@ def add_account(session: Session, address: str, name: str, now: datetime) -> Acc
         account.name = name
     session.add(account)
     session.flush()
+    if by is not None:
+        operator_action(by, f"account {found} added")
     return account
 
 
-def disable_account(session: Session, address: str, now: datetime) -> bool:
+def disable_account(session: Session, address: str, now: datetime,
+                    by: Actor | None = None) -> bool:
     """No more signing in; every session of the account ends now."""
     account = find_account(session, address)
     if account is None:
@@ -54,7 +61,41 @@ def disable_account(session: Session, address: str, now: datetime) -> bool:
     account.disabled_at = now
     session.add(account)
     session.execute(delete(WebSession).where(col(WebSession.account_id) == account.id))
+    if by is not None:
+        operator_action(by, f"account {account.address} disabled; its sessions ended")
     return True
+
+
+def clear_bounces(session: Session, address: str = "", by: Actor | None = None) -> list[str]:
+    """Mail the address (or, given none, every bouncing address) again; returns those
+    that were marked bouncing and are not now."""
+    addresses = [normalize(address)] if address else list(session.exec(
+        select(Account.address).where(col(Account.bouncing_since).is_not(None))
+        .order_by(col(Account.address))).all())
+    cleared = [a for a in addresses if a and clear_bouncing(session, a)]
+    if by is not None and cleared:
+        operator_action(by, f"bouncing cleared for {', '.join(cleared)}")
+    return cleared
+
+
+def list_accounts(session: Session, text: str = "", limit: int | None = None,
+                  ) -> list[dict[str, Any]]:
+    """Accounts by address, each as plain data without its password hash; `text`: only
+    addresses or names holding it; bouncing ones first when limited."""
+    query = select(Account)
+    if text:
+        needle = text.strip().lower()
+        for special in ("\\", "%", "_"):
+            needle = needle.replace(special, "\\" + special)
+        pattern = f"%{needle}%"
+        query = query.where(or_(func.lower(col(Account.address)).like(pattern, escape="\\"),
+                                func.lower(col(Account.name)).like(pattern, escape="\\")))
+    if limit is not None:
+        query = query.order_by(col(Account.bouncing_since).is_(None), col(Account.address))
+        query = query.limit(limit)
+    else:
+        query = query.order_by(col(Account.address))
+    return [a.model_dump(mode="json", exclude={"password_hash"}) for a in session.exec(query)]
 
 
 def may_sign_in(session: Session, settings: Settings, account: Account | None) -> bool:

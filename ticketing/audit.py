@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,8 @@ from ticketing.models import Ticket, TicketEvent
 from ticketing.severity import Severity
 
 SYSTEM = "mailgate"
+
+log = logging.getLogger(__name__)
 
 
 def route_of(inbound_route: str) -> str:
@@ -49,6 +52,13 @@ class Actor:
         assert ticket.id is not None
         return record(session, ticket.id, what, old=old, new=new, actor=self.address,
                       actor_name=self.name, route=self.route, now=now, detail=detail)
+
+
+def operator_action(actor: Actor, what: str) -> None:
+    """An operator's change that belongs to no ticket (an account's): it goes to the log,
+    with who made it and through which door."""
+    who = f"{actor.name} <{actor.address}>" if actor.name else actor.address
+    log.info("%s, by %s via %s", what, who, actor.route)
 
 
 def record_changes(
@@ -91,7 +101,7 @@ def describe(event: dict[str, Any]) -> str:
     what, old, new = event["what"], event["old"], event["new"]
     if what == "follower":
         change = f"+ {new}" if new else f"- {old}"
-    elif what in ("page", "opened", "incident"):
+    elif what in ("page", "opened", "incident", "outbox"):
         change = new
     else:
         change = f"{old or '-'} -> {new or '-'}"

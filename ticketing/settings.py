@@ -81,6 +81,9 @@ class OutboundSettings:
 @dataclass(frozen=True)
 class AgentSettings:
     addresses: tuple[str, ...] = ()
+    # Agents who also run the service: the operators' web pages (outbox, pages, held and
+    # quarantined mail, accounts) are theirs alone. Each is an agent too.
+    operators: tuple[str, ...] = ()
     team_address: str = ""
     trust: str = "none"
     trusted_authserv_id: str = ""
@@ -376,6 +379,12 @@ def settings_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> 
     agents: AgentSettings = values.get("agents", AgentSettings())
     for i, address in enumerate(agents.addresses):
         _check_address(f"agents.addresses[{i}]", address)
+    for i, address in enumerate(agents.operators):
+        _check_address(f"agents.operators[{i}]", address)
+    known = {a.lower() for a in agents.addresses}
+    agents = replace(agents, addresses=(
+        *agents.addresses, *(a for a in agents.operators if a.lower() not in known)))
+    values["agents"] = agents
     if agents.trust not in ("none", "authentication-results", "dkim"):
         raise ConfigError("agents.trust: must be \"none\", \"authentication-results\" or \"dkim\"")
     if agents.trust == "authentication-results" and not agents.trusted_authserv_id:

@@ -15,7 +15,16 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mailgate.monitoring import Timing
-from mailgate.web import account, auth, desk, helpdesk, operations, status, subscriptions
+from mailgate.web import (
+    account,
+    auth,
+    desk,
+    helpdesk,
+    operations,
+    ops_accounts,
+    status,
+    subscriptions,
+)
 from mailgate.web.pages import Web, render
 from mailgate.web.security import Guard
 from ticketing.desk import Desk
@@ -51,6 +60,15 @@ ROUTES = [
     Route("/desk/tickets/{number:int}", desk.act, methods=["POST"]),
     Route("/desk/tickets/{number:int}/files/{file_id:int}/{name}", desk.download),
     # The operators' pages
+    Route("/ops/outbox", operations.outbox_page),
+    Route("/ops/outbox/retry", operations.retry_all_mail, methods=["POST"]),
+    Route("/ops/outbox/{number:int}/retry", operations.retry_mail, methods=["POST"]),
+    Route("/ops/pages", operations.pages_page),
+    Route("/ops/pages/{number:int}/retry", operations.retry_one_page, methods=["POST"]),
+    Route("/ops/accounts", ops_accounts.accounts_page),
+    Route("/ops/accounts/add", ops_accounts.add, methods=["POST"]),
+    Route("/ops/accounts/disable", ops_accounts.disable, methods=["POST"]),
+    Route("/ops/accounts/clear-bounce", ops_accounts.clear_bounce, methods=["POST"]),
     Route("/ops/mail", operations.mail_page),
     Route("/ops/held/{number:int}/release", operations.release_held, methods=["POST"]),
     Route("/ops/quarantine/{number:int}/replay", operations.replay_quarantined,

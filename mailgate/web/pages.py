@@ -29,6 +29,7 @@ from mailgate.web.submission import Upload
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.models import Account
+from ticketing.roles import role_of
 from ticketing.websessions import session_account
 
 T = TypeVar("T")
@@ -77,6 +78,7 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
     html = web.templates.get_template(name).render(
         request=request,
         account=getattr(request.state, "account", None),
+        role=getattr(request.state, "role", ""),
         csrf=csrf_token(request, settings.support.secret),
         support_name=settings.support.name,
         status_page=settings.support.status_page,
@@ -155,21 +157,26 @@ def set_session_cookie(request: Request, response: Response, token: str) -> None
                         secure=web_of(request).desk.settings.web.secure)
 
 
-def _lookup(desk: Desk, token: str) -> Account | None:
+def _lookup(desk: Desk, token: str) -> tuple[Account | None, str]:
+    """The signed-in account and its role (operator, agent, customer)."""
     from datetime import timedelta
 
     idle = timedelta(seconds=desk.settings.web.idle_timeout)
     with transaction(desk.engine) as session:
         found = session_account(session, token, desk.clock.now(), idle)
-        return found[0] if found else None
+        if found is None:
+            return None, ""
+        return found[0], role_of(session, desk.settings, found[0].address)
 
 
 async def current_account(request: Request) -> Account | None:
+    """Who is signed in; their role is kept in request.state.role ("" for nobody)."""
     token = request.cookies.get(SESSION_COOKIE, "")
     if not token:
         return None
-    account = await in_thread(_lookup, web_of(request).desk, token)
+    account, role = await in_thread(_lookup, web_of(request).desk, token)
     request.state.account = account
+    request.state.role = role
     return account
 
 

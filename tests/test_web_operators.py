@@ -1,0 +1,249 @@
+"""The operators' pages: outbox, pages and accounts in a real browser, and everyone else
+kept out (customers, agents who are not operators, visitors, forged posts)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from sqlmodel import col, select
+
+from tests.harness import request, send, serving, wait_until_sent
+from tests.helpdesk import WebClient
+from tests.servers import free_port
+from tests.test_regressions_outbound import Answering
+from ticketing.accounts import add_account, find_account, hash_password, set_password
+from ticketing.db import transaction
+from ticketing.desk import Desk
+from ticketing.inbound import Inbound
+from ticketing.ingest import quarantine
+from ticketing.models import Message, Outbox, Page, Quarantine, TicketEvent
+
+OLIVE = "olive@example.com"  # the operator
+ALICE = "alice@example.com"  # an agent, not an operator
+CAROL = "carol@customer.test"
+PASSWORD = "correct horse battery"
+NO_SUCH_USER = "550 5.1.1 <carol@customer.test>: no such user here"
+
+
+class SwitchingRelay(Answering):
+    """A relay that refuses Carol's mail until told to take it, and keeps what it takes."""
+
+    def __init__(self) -> None:
+        super().__init__({CAROL: NO_SUCH_USER})
+        self.kept: list[tuple[tuple[str, ...], bytes]] = []
+        self.changed = threading.Condition()
+
+    def accept_everything(self) -> None:
+        self.answers.clear()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.changed:
+            self.kept.append((tuple(envelope.rcpt_tos), envelope.original_content))
+            self.changed.notify_all()
+        return await super().handle_DATA(server, session, envelope)
+
+    def wait_for(self, address: str, timeout: float = 15.0) -> bytes:
+        """The first mail taken for the address; fails the test if none comes in time."""
+        with self.changed:
+            self.changed.wait_for(lambda: any(address in to for to, _ in self.kept), timeout)
+            found = [raw for to, raw in self.kept if address in to]
+        assert found, f"no mail for {address} reached the relay within {timeout} s"
+        return found[0]
+
+
+@contextmanager
+def switching_relay() -> Iterator[SwitchingRelay]:
+    with SwitchingRelay() as relay:
+        yield relay  # type: ignore[misc]
+
+
+def _desk(desks: Callable[..., Desk], relay_address: str, **sections: dict[str, object]) -> Desk:
+    return desks(smtp={"port": free_port()}, outbound={"relay": relay_address},
+                 agents={"addresses": [ALICE], "operators": [OLIVE]}, **sections)
+
+
+def _account(desk: Desk, address: str, name: str = "") -> None:
+    with transaction(desk.engine) as session:
+        account = add_account(session, address, name, desk.clock.now())
+        set_password(session, account, hash_password(PASSWORD))
+
+
+def _sign_in(url: str, page: Any, address: str) -> None:
+    page.goto(url + "/sign-in")
+    page.fill("#email", address)
+    page.fill("#password", PASSWORD)
+    page.click("form[action='/sign-in'] button")
+    page.wait_for_selector("text=Sign out")
+
+
+def _outbox(desk: Desk) -> list[Outbox]:
+    with transaction(desk.engine) as session:
+        return list(session.exec(select(Outbox).order_by(col(Outbox.id))).all())
+
+
+def _to_carol(desk: Desk) -> Outbox:
+    return next(o for o in _outbox(desk) if CAROL in o.recipients)
+
+
+def test_an_operator_retries_failed_mail_clears_a_bounce_and_disables_an_account(
+    desks: Callable[..., Desk], person: Callable[[], Any]
+) -> None:
+    with switching_relay() as relay:
+        desk = _desk(desks, relay.address)
+        _account(desk, OLIVE, "Olive Operator")
+        _account(desk, CAROL, "Carol Customer")
+        with serving(desk) as port:
+            url = desk.settings.web.url
+            send(port, request("Exports are slow", "Exports take ten minutes."))
+            wait_until_sent(desk.engine)
+            assert _to_carol(desk).status == "failed"  # the relay said: no such user
+            carol = person()
+            _sign_in(url, carol, CAROL)
+            assert "Outbox" not in carol.inner_text("header")
+
+            olive = person()
+            _sign_in(url, olive, OLIVE)
+            olive.click("header >> text=Outbox")
+            failed = olive.inner_text("table.failed")
+            assert CAROL in failed and "5.1.1" in failed and "no such user" in failed
+            # The address was marked bouncing: the operator clears it.
+            olive.click("header >> text=Accounts")
+            row = olive.locator("tr", has_text=CAROL)
+            assert "no such user" in row.inner_text()
+            row.locator("button:has-text('Clear bouncing')").click()
+            assert f"{CAROL} is mailed again" in olive.inner_text(".done")
+            assert olive.locator("tr", has_text=CAROL).locator(".bouncing").inner_text() == "—"
+            # The mailbox exists again: the relay takes it on the retry.
+            relay.accept_everything()
+            olive.click("header >> text=Outbox")
+            olive.locator("table.failed button:has-text('Retry')").click()
+            assert "1 mail(s) due now" in olive.inner_text(".done")
+            arrived = relay.wait_for(CAROL)
+            assert b"Exports are slow" in arrived
+            wait_until_sent(desk.engine)
+            olive.click("header >> text=Outbox")
+            assert "No mail has failed." in olive.content()
+            olive.goto(url + "/desk/tickets/1")
+            history = olive.inner_text(".audit")
+            assert "outbox" in history and "via web" in history and "Olive Operator" in history
+
+            # Carol is signed in; once disabled, her next request is refused.
+            carol.goto(url + "/requests")
+            assert "Exports are slow" in carol.content()
+            olive.click("header >> text=Accounts")
+            olive.locator("tr", has_text=CAROL).locator("button:has-text('Disable')").click()
+            assert "disabled; its sessions ended" in olive.inner_text(".done")
+            assert "disabled" in olive.locator("tr", has_text=CAROL).inner_text()
+            carol.goto(url + "/requests")
+            assert "/sign-in" in carol.url
+            assert "Exports are slow" not in carol.content()
+            assert carol.locator("text=Sign out").count() == 0
+            # A new account, added from the same page, may sign in.
+            olive.fill("#add-address", "dave@customer.test")
+            olive.fill("#add-name", "Dave")
+            olive.click("form.add-account button")
+            assert "dave@customer.test added" in olive.inner_text(".done")
+        with transaction(desk.engine) as session:
+            dave = find_account(session, "dave@customer.test")
+            assert dave is not None and dave.registered and dave.disabled_at is None
+
+
+GETS = ["/ops/outbox", "/ops/pages", "/ops/accounts", "/ops/mail", "/ops/quarantine/1/raw"]
+
+
+def _posts(held: int) -> list[tuple[str, dict[str, str]]]:
+    return [
+        ("/ops/outbox/retry", {}),
+        ("/ops/outbox/1/retry", {}),
+        ("/ops/pages/1/retry", {}),
+        ("/ops/accounts/add", {"address": "mallory@evil.test", "name": "Mallory"}),
+        ("/ops/accounts/disable", {"address": OLIVE}),
+        ("/ops/accounts/clear-bounce", {"address": CAROL}),
+        (f"/ops/held/{held}/release", {}),
+        ("/ops/quarantine/1/replay", {}),
+    ]
+
+
+def _state(desk: Desk) -> dict[str, object]:
+    """What any of the forged posts would change."""
+    with transaction(desk.engine) as session:
+        olive = find_account(session, OLIVE)
+        carol = find_account(session, CAROL)
+        page = session.get(Page, 1)
+        replayed = session.get(Quarantine, 1)
+        return {
+            "outbox": [(o.id, o.status) for o in session.exec(select(Outbox)).all()],
+            "olive enabled": olive is not None and olive.disabled_at is None,
+            "carol bouncing": carol is not None and carol.bouncing_since is not None,
+            "mallory": find_account(session, "mallory@evil.test") is not None,
+            "page": page.status if page else None,
+            "held": len(session.exec(select(Message).where(Message.kind == "held")).all()),
+            "replayed": replayed is not None and replayed.replayed_at is not None,
+            "trail": len(session.exec(select(TicketEvent)).all()),
+        }
+
+
+def test_only_operators_see_or_change_anything_under_ops(desks: Callable[..., Desk]) -> None:
+    with switching_relay() as relay:
+        desk = _desk(desks, relay.address, support={"sender_policy": "registered"})
+        for address in (OLIVE, ALICE, CAROL):
+            _account(desk, address)
+        with serving(desk) as port:
+            url = desk.settings.web.url
+            send(port, request("Exports are slow", "Exports take ten minutes."))
+            send(port, request("Please help", "No account yet.", sender="nina@newcomer.test"))
+            wait_until_sent(desk.engine)
+            quarantine(desk, Inbound(request("Broken", "x").as_bytes(), "smtp", CAROL,
+                                     ("support@example.com",)), RuntimeError("parser crashed"))
+            now = desk.clock.now()
+            with transaction(desk.engine) as session:
+                session.add(Page(ticket_id=1, hook="webhook", dedup_key="mailgate-1",
+                                 payload="{}", status="gave_up", attempts=3,
+                                 next_attempt_at=now, give_up_at=now - timedelta(minutes=1),
+                                 created_at=now))
+                held = session.exec(select(Message.id).where(Message.kind == "held")).one()
+            before = _state(desk)
+            assert before["carol bouncing"] and before["held"] == 1 and before["page"] == "gave_up"
+            assert ("failed" in str(before["outbox"]))
+
+            visitor = WebClient(url)
+            for path in GETS:
+                status, headers, _ = visitor.get(path)
+                assert status == 303 and headers["Location"].startswith("/sign-in"), path
+            for path, fields in _posts(held):
+                status, headers, _ = visitor.post(path, {**fields, "csrf": visitor.token(
+                    "/sign-in")}, {"Origin": url})
+                assert status == 303 and headers["Location"].startswith("/sign-in"), path
+
+            for address in (CAROL, ALICE):  # a customer, and an agent who is no operator
+                client = WebClient(url)
+                client.sign_in(address, PASSWORD)
+                for path in GETS:
+                    status, _, body = client.get(path)
+                    assert status == 404, (address, path)
+                    assert b"Outbox" not in body and b"parser crashed" not in body
+                token = client.token("/account")
+                for path, fields in _posts(held):
+                    status, _, _ = client.post(path, {**fields, "csrf": token}, {"Origin": url})
+                    assert status == 404, (address, path)
+            assert _state(desk) == before
+
+            operator = WebClient(url)
+            operator.sign_in(OLIVE, PASSWORD)
+            token = operator.token("/ops/accounts")
+            for path, fields in _posts(held):
+                # No form token, or a token posted from another site: refused.
+                status, _, _ = operator.post(path, fields, {"Origin": url})
+                assert status == 403, path
+                status, _, _ = operator.post(path, {**fields, "csrf": token},
+                                             {"Origin": "https://evil.test"})
+                assert status == 403, path
+            assert _state(desk) == before
+            # The operator's own form goes through.
+            status, _, body = operator.post("/ops/accounts/add", {
+                "address": "dave@customer.test", "csrf": token}, {"Origin": url})
+            assert status == 200 and b"dave@customer.test added" in body
