@@ -3,24 +3,31 @@ kept out (customers, agents who are not operators, visitors, forged posts)."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlmodel import col, select
 
-from tests.harness import request, send, serving, wait_until_sent
+from mailgate.outbound import RelayTransport, send_due
+from tests.harness import Relay, request, send, serving, wait_until_sent
 from tests.helpdesk import WebClient
 from tests.servers import free_port
+from tests.test_cli import run, write_config
+from tests.test_oncall_e2e import Pager
 from tests.test_regressions_outbound import Answering
 from ticketing.accounts import add_account, find_account, hash_password, set_password
+from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound
 from ticketing.ingest import quarantine
 from ticketing.models import Message, Outbox, Page, Quarantine, TicketEvent
+from ticketing.settings import load_settings
 
 OLIVE = "olive@example.com"  # the operator
 ALICE = "alice@example.com"  # an agent, not an operator
@@ -226,6 +233,9 @@ def test_only_operators_see_or_change_anything_under_ops(desks: Callable[..., De
                     status, _, body = client.get(path)
                     assert status == 404, (address, path)
                     assert b"Outbox" not in body and b"parser crashed" not in body
+                status, _, body = client.get("/account")
+                assert status == 200 and b'href="/ops/' not in body
+                assert (b'href="/desk"' in body) == (address == ALICE)  # the Queue link
                 token = client.token("/account")
                 for path, fields in _posts(held):
                     status, _, _ = client.post(path, {**fields, "csrf": token}, {"Origin": url})
@@ -234,6 +244,9 @@ def test_only_operators_see_or_change_anything_under_ops(desks: Callable[..., De
 
             operator = WebClient(url)
             operator.sign_in(OLIVE, PASSWORD)
+            _, _, body = operator.get("/account")
+            for path in ("/desk", "/ops/outbox", "/ops/pages", "/ops/mail", "/ops/accounts"):
+                assert f'href="{path}"'.encode() in body, path
             token = operator.token("/ops/accounts")
             for path, fields in _posts(held):
                 # No form token, or a token posted from another site: refused.
@@ -247,3 +260,55 @@ def test_only_operators_see_or_change_anything_under_ops(desks: Callable[..., De
             status, _, body = operator.post("/ops/accounts/add", {
                 "address": "dave@customer.test", "csrf": token}, {"Origin": url})
             assert status == 200 and b"dave@customer.test added" in body
+
+
+def test_an_operator_retries_a_page_the_hook_refused(
+    desks: Callable[..., Desk], relay: Relay, person: Callable[[], Any]
+) -> None:
+    sunday_2am = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)  # 02:00 in Los Angeles
+    with Pager(failures=1) as pager:
+        # The clock stands still: the hook's next try would never come on its own.
+        desk = desks(clock=FixedClock(sunday_2am), smtp={"port": free_port()},
+                     outbound={"relay": relay.address}, agents={"operators": [OLIVE]},
+                     oncall={"webhook": {"url": pager.url, "secret": "webhook-secret"}})
+        _account(desk, OLIVE, "Olive Operator")
+        with serving(desk) as port:
+            url = desk.settings.web.url
+            send(port, request("[S0] Checkout is down", "Every card is declined."))
+            wait_until_sent(desk.engine, desk.clock)
+            assert pager.calls == 1 and pager.bodies == []
+            olive = person()
+            _sign_in(url, olive, OLIVE)
+            olive.click("header >> text=Pages")
+            row = olive.locator("table.pages tr", has_text="#1")
+            assert "pending" in row.inner_text() and "failed" in row.inner_text()
+            row.locator("button:has-text('Retry')").click()
+            assert "Page 1 is due now." in olive.inner_text(".done")
+            assert pager.wait_for(1)[0]["ticket"]["severity"] == "S0"  # type: ignore[index]
+            wait_until_sent(desk.engine, desk.clock)
+            olive.click("header >> text=Pages")
+            assert "delivered" in olive.inner_text("table.pages")
+            assert olive.locator("table.pages button").count() == 0
+            olive.goto(url + "/desk/tickets/1")
+            history = olive.inner_text(".audit")
+            assert "trigger retry (webhook)" in history and "Olive Operator" in history
+
+
+def test_a_retry_from_the_cli_is_on_the_tickets_history_as_well(
+    tmp_path: Path, database_url: str
+) -> None:
+    with Answering({CAROL: NO_SUCH_USER}) as relay:
+        config = write_config(tmp_path, database_url, outbound=f'relay = "{relay.address}"')
+        assert run(config, "init").returncode == 0
+        desk = Desk.create(load_settings(str(config)))
+        raw = request("Exports are slow", "Exports take ten minutes.").as_bytes()
+        assert desk.ingest(Inbound(raw, "smtp", CAROL, ("support@example.com",))).ticket == 1
+        send_due(desk, RelayTransport(desk.settings.outbound), "machine-a")
+        assert _to_carol(desk).status == "failed"
+        retried = run(config, "outbox", "retry", "--all")
+        assert retried.returncode == 0 and b"1 mail(s) due now" in retried.stdout
+        with transaction(desk.engine) as session:
+            events = session.exec(select(TicketEvent).where(TicketEvent.what == "outbox")).all()
+        desk.engine.dispose()
+    assert [(e.ticket_id, e.route, e.new) for e in events] == [(1, "cli", "retry")]
+    assert events[0].actor == (os.environ.get("USER") or "operator")
