@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import select
 
@@ -324,3 +325,45 @@ def test_resolving_with_tell_tickets_answers_each_attached_ticket_once_in_its_th
     assert any("is resolved: Dashboards fail to load" in t for t in texts)
     assert any("Thanks, works again." in t for t in texts)
     assert len(json.loads(run(config, "tickets", "list", "--json").stdout)) == 3
+
+
+def test_a_reader_subscribes_confirms_and_unsubscribes_in_a_browser_without_javascript(
+    tmp_path: Path, database_url: str, desks: Callable[..., Desk], relay: Relay, chromium: Any,
+) -> None:
+    desk = _desk(desks, relay)
+    config = _config(tmp_path, database_url, desk)
+    context = chromium.new_context(java_script_enabled=False)
+    context.set_default_timeout(15_000)
+    try:
+        with helpdesk(desk, relay) as hd:
+            page = context.new_page()
+            page.goto(hd.url + "/status")
+            assert page.locator("footer a").count() == 0  # no link to the page itself
+            page.get_by_label("Get a mail each time an incident is opened, updated or "
+                              "resolved").fill(ANN)
+            page.click("button:has-text('Subscribe to updates')")
+            page.wait_for_selector("h1:has-text('Check your mail')")
+            assert f"A confirmation was mailed to {ANN}" in page.inner_text("main")
+            page.goto(_confirm_link(hd, ANN))
+            assert page.locator("main form button").count() == 1
+            page.click("button:has-text('Confirm subscription')")
+            page.wait_for_selector("text=You are subscribed")
+            assert ANN in page.inner_text("main")
+
+            _incidents(config, "open", "Dashboards fail to load", "--components", "Dashboard",
+                       "--message", "We are looking into errors loading dashboards.")
+            update = hd.mails_to(ANN, STATUS_TAG)[0]
+            # /status itself may be kept for a minute (it is cacheable); the incident's
+            # own page is new to this browser.
+            page.goto(f"{hd.url}/status/incidents/1")
+            assert "We are looking into errors loading dashboards." in page.inner_text("main")
+            manage = MANAGE.search(update.text())
+            assert manage, update.text()
+            page.goto(manage.group(1))
+            assert ANN in page.inner_text("main")
+            page.click("button:has-text('End my subscription')")
+            page.wait_for_selector("h1:has-text('Unsubscribed')")
+            assert _confirmed(desk) == set()
+            assert "mailed to 0 subscriber(s)" in _incidents(config, "resolve", "1")
+    finally:
+        context.close()
