@@ -24,7 +24,8 @@ from ticketing.audit import Actor
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.incidents import attach
-from ticketing.models import Incident, Message, StatusSubscriber, Ticket
+from ticketing.models import Incident, Message, Outbox, StatusSubscriber, Ticket
+from ticketing.returnpath import outbox_id_of
 
 ANN = "ann@reader.test"
 BOB = "bob@reader.test"
@@ -125,7 +126,12 @@ def test_each_update_mails_every_confirmed_subscriber_once_until_they_unsubscrib
                                      " ".join(str(headers["List-Unsubscribe"]).split())).groups()
         assert https.startswith(f"{hd.url}/status/unsubscribe/")
         assert mailto.startswith("support+unsubscribe-") and mailto.endswith("@example.com")
-        assert mail.mail_from.startswith("support+bounce-")  # its own return path
+        # Its own return path names its own outbox row, so a bounce names Bob.
+        number = outbox_id_of(mail.mail_from, desk.settings)
+        with transaction(desk.engine) as session:
+            row = session.get(Outbox, number)
+            assert row is not None and json.loads(row.recipients) == [BOB]
+            assert f"<{row.message_id}>" == headers["Message-ID"]
         assert "A bad cache node; replacing it." in mail.text()
         manage = MANAGE.search(mail.text())
         assert manage, mail.text()

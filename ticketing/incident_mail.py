@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import func, insert, text
 from sqlmodel import Session, col, select
 
 from ticketing.addresses import Address, is_machine_address
@@ -120,19 +121,23 @@ def mail_subscribers(session: Session, desk: Desk, incident: Incident, posted: I
         "incident_url": f"{settings.web.url}/status/incidents/{incident.id}",
         "status_url": f"{settings.web.url}/status",
     }
-    text_template = desk.templates.environment.get_template("status_update.txt")
-    html_template = desk.templates.environment.get_template("status_update.html")
+    # Rendered once; each reader's own links are put in where the markers stand.
+    manage_marker, one_click_marker = (f"mailgate{secrets.token_hex(8)}" for _ in range(2))
+    links = {"manage_url": manage_marker, "unsubscribe_url": one_click_marker}
+    plain = desk.templates.environment.get_template("status_update.txt").render(context, **links)
+    html = desk.templates.environment.get_template("status_update.html").render(context, **links)
     subject = f"[{support.name} status] {incident.title}: {label}"
     rows: list[dict[str, Any]] = []
     counted: list[dict[str, Any]] = []
-    for subscriber_id, address, key in recipients:
+    for number, (subscriber_id, address, key) in zip(
+            _outbox_ids(session, len(recipients)), recipients, strict=True):
         manage = manage_url(subscriber_id, key, settings)
         one_click = unsubscribe_url(subscriber_id, key, settings)
         mailto = unsubscribe_address(subscriber_id, key, settings)
         mail = compose(
             settings, to=[Address(address)], subject=subject,
-            text=text_template.render(context, manage_url=manage, unsubscribe_url=one_click),
-            html=html_template.render(context, manage_url=manage, unsubscribe_url=one_click),
+            text=plain.replace(manage_marker, manage).replace(one_click_marker, one_click),
+            html=html.replace(manage_marker, manage).replace(one_click_marker, one_click),
             now=now, auto_submitted="auto-generated",  # RFC 3834: answer nothing
             extra_headers=[
                 # RFC 2369 and RFC 8058: the reader's client offers an unsubscribe
@@ -142,24 +147,35 @@ def mail_subscribers(session: Session, desk: Desk, incident: Incident, posted: I
             ],
         )
         rows.append({
-            "ticket_id": None, "kind": STATUS_UPDATE, "message_id": mail.message_id,
-            "mail_from": support.address, "recipients": json.dumps([address]), "raw": mail.raw,
-            "files": "[]", "status": "pending", "attempts": 0, "next_attempt_at": now,
-            "claimed_by": "", "claimed_until": None, "last_error": "", "created_at": now,
-            "sent_at": None,
+            "id": number, "ticket_id": None, "kind": STATUS_UPDATE,
+            "message_id": mail.message_id,
+            # Its own return path: a bounce names this mail, and so its reader.
+            "mail_from": bounce_address(number, settings),
+            "recipients": json.dumps([address]), "raw": mail.raw, "files": "[]",
+            "status": "pending", "attempts": 0, "next_attempt_at": now, "claimed_by": "",
+            "claimed_until": None, "last_error": "", "created_at": now, "sent_at": None,
         })
         counted.append({"recipient": address, "ticket_id": None, "kind": STATUS_UPDATE,
                         "sent_at": now})
-    ids: list[int] = [number for number in session.scalars(
-        insert(Outbox).returning(col(Outbox.id), sort_by_parameter_order=True), rows).all()
-        if number is not None]
-    # Each mail's own return path names its row, known only once the rows are in.
-    session.execute(update(Outbox), [
-        {"id": number, "mail_from": bounce_address(number, settings)} for number in ids])
-    session.execute(insert(AutoReplyLog), counted)
+    connection = session.connection()
+    connection.execute(insert(Outbox), rows)
+    connection.execute(insert(AutoReplyLog), counted)
     log.info("incident %s update (%s): mailed to %d subscriber(s)", incident.id, posted.state,
              len(rows))
     return len(rows), withheld
+
+
+def _outbox_ids(session: Session, count: int) -> list[int]:
+    """Numbers for `count` new outbox rows, taken before they are written, so each row is
+    written once, with the return path that names it."""
+    if session.get_bind().dialect.name == "postgresql":
+        return list(session.execute(
+            text("SELECT nextval(pg_get_serial_sequence('outbox', 'id')) "
+                 "FROM generate_series(1, :count)"), {"count": count}).scalars())
+    # SQLite: this transaction has written already (the update), so it holds the
+    # database's one write lock and no other writer can take these numbers meanwhile.
+    highest = session.execute(select(func.max(Outbox.id))).scalar() or 0
+    return list(range(highest + 1, highest + count + 1))
 
 
 def tell_attached_tickets(session: Session, desk: Desk, incident: Incident,
@@ -174,15 +190,15 @@ def tell_attached_tickets(session: Session, desk: Desk, incident: Incident,
         ticket = session.get(Ticket, number, with_for_update=True)
         if ticket is None:
             continue
-        text = template.render(
+        body = template.render(
             support_name=settings.support.name, title=incident.title, text=posted.text,
             incident_url=f"{settings.web.url}/status/incidents/{incident.id}",
         )
         message = Message(
             ticket_id=number, dedupe_key=f"incident-resolved:{incident.id}:{posted.id}:{number}",
             direction="out", kind="reply", route="cli", from_address=settings.support.address,
-            from_name="Status page", subject=f"Resolved: {incident.title}", text=text,
-            full_text=text, created_at=now,
+            from_name="Status page", subject=f"Resolved: {incident.title}", text=body,
+            full_text=body, created_at=now,
         )
         session.add(message)
         session.flush()
