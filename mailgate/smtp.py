@@ -1,4 +1,6 @@
-"""The SMTP listener: RCPT check, DATA -> ingest -> 250 after the commit, 451 on a fault."""
+"""The SMTP listener: RCPT check, DATA -> ingest -> 250 after the commit, 451 on a fault.
+
+Mails that arrive together are committed together (mailgate/commitqueue.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailgate.commitqueue import CommitQueue
 from mailgate.handoff import HELO_NAME
 from ticketing.conversation import is_ours, is_postmaster
 from ticketing.db import StorageError
@@ -29,6 +32,7 @@ class SupportHandler:
     def __init__(self, desk: Desk, executor: Executor) -> None:
         self.desk = desk
         self.executor = executor
+        self.commits = CommitQueue(desk, executor)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -57,12 +61,11 @@ class SupportHandler:
             authenticated=bool(getattr(session, "authenticated", False)),
             peer=session.peer[0] if isinstance(session.peer, tuple) else "",
         )
-        loop = asyncio.get_running_loop()
         storing = server if isinstance(server, GuardedSMTP) else None
         if storing is not None:
             storing.storing = True
         try:
-            outcome = await loop.run_in_executor(self.executor, self.desk.ingest, inbound)
+            outcome = await self.commits.ingest(inbound)
         except StorageError as exc:
             log.error("storage fault, answered 451: %s", exc)
             return "451 4.3.0 Temporary storage failure; please try again later"

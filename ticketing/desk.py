@@ -56,12 +56,16 @@ class Desk:
 
         started = time.monotonic()
         outcome = ingest(self, inbound)
+        self.ingested(inbound, outcome, started)
+        return outcome
+
+    def ingested(self, inbound: Inbound, outcome: Outcome, started: float) -> None:
+        """Tell on_ingest of a mail ingested since `started` (time.monotonic())."""
         for callback in self.on_ingest:
             try:
                 callback(inbound, outcome, time.monotonic() - started)
             except Exception:  # counting must never undo an acknowledged mail
                 log.exception("<%s> counting the ingested mail failed", outcome.message)
-        return outcome
 
     def committed(self, pages: bool) -> None:
         for callback in self.on_commit:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import traceback
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
@@ -69,12 +69,26 @@ def dedupe_key(mail: ParsedMail, raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-def ingest(desk: Desk, inbound: Inbound) -> Outcome:
-    """Store one mail and everything it causes, or raise StorageError (a temporary failure).
+@dataclass(frozen=True)
+class Prepared:
+    """A mail parsed and screened, ready to be stored in a transaction."""
 
-    Any other fault (a parser crash, a bug) keeps the mail whole in the quarantine, so it
-    is acknowledged, never lost, and never blocks the mail behind it.
-    """
+    inbound: Inbound
+    mail: ParsedMail
+    key: str
+    raw_sha256: str
+    files: list[StoredFile]
+    verdict: Verdict
+    believed: bool
+
+    @property
+    def label(self) -> str:
+        return self.mail.message_id or self.raw_sha256[:16]
+
+
+def prepare(desk: Desk, inbound: Inbound) -> Prepared | Outcome:
+    """What can be done before the transaction: parse, screen, check who sent it. A mail
+    the parser cannot take is quarantined here (its Outcome)."""
     try:
         mail = parse_mail(inbound.raw)
         key = dedupe_key(mail, inbound.raw)
@@ -82,15 +96,46 @@ def ingest(desk: Desk, inbound: Inbound) -> Outcome:
     except Exception as exc:
         return quarantine(desk, inbound, exc)
     raw_sha256 = hashlib.sha256(inbound.raw).hexdigest()
-    files = stored_files(mail)
-    label = mail.message_id or raw_sha256[:16]
-    believed = _believed(desk, inbound, mail, verdict)
+    return Prepared(inbound, mail, key, raw_sha256, stored_files(mail), verdict,
+                    _believed(desk, inbound, mail, verdict))
+
+
+def record(session: Session, desk: Desk, prepared: Prepared) -> Outcome:
+    """Everything a prepared mail does to the database, in the caller's transaction."""
+    p = prepared
+    queued = oncall.queued(session)
+    outcome = _record(session, desk, p.inbound, p.mail, p.key, p.raw_sha256, p.files,
+                      p.verdict, p.believed)
+    return replace(outcome, pages=oncall.queued(session) - queued)
+
+
+def stored(desk: Desk, prepared: Prepared, outcome: Outcome) -> None:
+    """Once the mail's transaction has committed: say so, and wake the workers."""
+    log.info("<%s> %s via %s: %s%s", prepared.label, outcome.status, prepared.inbound.route,
+             f"#{outcome.ticket} " if outcome.ticket else "", outcome.detail)
+    if outcome.status is not Status.DUPLICATE:
+        desk.committed(outcome.pages > 0)
+
+
+def ingest(desk: Desk, inbound: Inbound) -> Outcome:
+    """Store one mail and everything it causes, or raise StorageError (a temporary failure).
+
+    Any other fault (a parser crash, a bug) keeps the mail whole in the quarantine, so it
+    is acknowledged, never lost, and never blocks the mail behind it.
+    """
+    prepared = prepare(desk, inbound)
+    if isinstance(prepared, Outcome):
+        return prepared
+    return store(desk, prepared)
+
+
+def store(desk: Desk, prepared: Prepared) -> Outcome:
+    """A prepared mail in a transaction of its own (see ingest)."""
+    inbound, raw_sha256, label = prepared.inbound, prepared.raw_sha256, prepared.label
     for attempt in range(3):
         try:
             with transaction(desk.engine) as session:
-                outcome = _record(session, desk, inbound, mail, key, raw_sha256, files, verdict,
-                                  believed)
-                outcome = replace(outcome, pages=oncall.queued(session))
+                outcome = record(session, desk, prepared)
             break
         except IntegrityError as exc:
             # A concurrent copy of the same mail (or a ticket row raced) won: look again.
@@ -105,10 +150,7 @@ def ingest(desk: Desk, inbound: Inbound) -> Outcome:
             return _failed_try(desk, inbound, raw_sha256, label, exc)
         except Exception as exc:
             return quarantine(desk, inbound, exc)
-    log.info("<%s> %s via %s: %s%s", label, outcome.status, inbound.route,
-             f"#{outcome.ticket} " if outcome.ticket else "", outcome.detail)
-    if outcome.status is not Status.DUPLICATE:
-        desk.committed(outcome.pages > 0)
+    stored(desk, prepared, outcome)
     return outcome
 
 
