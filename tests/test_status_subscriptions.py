@@ -7,8 +7,10 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+import secrets
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,14 @@ from tests.servers import free_port
 from tests.test_cli import run, write_config
 from tests.test_threads import envelope_to, reply_to
 from ticketing.audit import Actor
+from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
-from ticketing.incidents import attach
+from ticketing.inbound import Inbound
+from ticketing.incident_mail import publish
+from ticketing.incidents import attach, open_incident, post_update
 from ticketing.models import Incident, Message, Outbox, StatusSubscriber, Ticket
+from ticketing.ratelimit import mark_bouncing
 from ticketing.returnpath import outbox_id_of
 
 ANN = "ann@reader.test"
@@ -373,3 +379,38 @@ def test_a_reader_subscribes_confirms_and_unsubscribes_in_a_browser_without_java
             assert "mailed to 0 subscriber(s)" in _incidents(config, "resolve", "1")
     finally:
         context.close()
+
+
+def test_updates_leave_out_bouncing_machine_and_over_limit_readers_and_use_no_room_of_the_ceiling(
+    desks: Callable[..., Desk],
+) -> None:
+    desk = desks(clock=FixedClock(datetime(2026, 3, 3, 9, 40, tzinfo=UTC)),
+                 limits={"per_recipient_per_hour": 2, "overall_per_hour": 3},
+                 status={"components": ["Dashboard"]})
+    now = desk.clock.now()
+    readers = [f"reader{n}@reader.test" for n in range(5)]
+    with transaction(desk.engine) as session:
+        for address in [*readers, "noreply@reader.test"]:
+            session.add(StatusSubscriber(address=address, key=secrets.token_hex(16),
+                                         created_at=now, confirmed_at=now))
+        mark_bouncing(session, readers[0], "550 5.1.1 no such user", now)
+        incident, posted = open_incident(
+            session, "Dashboards fail to load", components=["Dashboard"], state="investigating",
+            message="Looking into it.", author="ops", now=now, known=("Dashboard",))
+        told = [publish(session, desk, incident, posted, now)]
+        for step in ("A cache node is bad.", "Replacing it."):
+            told.append(publish(session, desk, incident, post_update(
+                session, incident, state=None, message=step, author="ops", now=now), now))
+    # Four readers mailed, over the ceiling of three automatic mails an hour; then again;
+    # the third update in the hour is over each reader's limit of two.
+    assert [(t.subscribers, t.withheld) for t in told] == [(4, 2), (4, 2), (0, 6)]
+    with transaction(desk.engine) as session:
+        sent = session.exec(select(Outbox.recipients).where(Outbox.kind == "status_update")).all()
+    assert sorted(json.loads(r)[0] for r in sent) == sorted(readers[1:] * 2)
+    # The customers' confirmations still have all the room of the hourly ceiling.
+    outcome = desk.ingest(Inbound(request("Dashboard down", "Nothing loads.").as_bytes(),
+                                  "pipe", "carol@customer.test", ("support@example.com",)))
+    assert outcome.ticket == 1
+    with transaction(desk.engine) as session:
+        confirmation = session.exec(select(Outbox).where(Outbox.kind == "confirmation")).one()
+    assert json.loads(confirmation.recipients) == ["carol@customer.test"]
