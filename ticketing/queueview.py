@@ -36,7 +36,7 @@ class QueueLine:
     status: str
     assignee: str
     age: timedelta
-    customer_wrote: timedelta | None  # since the customer last wrote
+    customer_wrote: timedelta  # since the customer last wrote (or the ticket was opened)
 
 
 def _naive(value: datetime) -> datetime:
@@ -46,16 +46,18 @@ def _naive(value: datetime) -> datetime:
 def queue(session: Session, settings: Settings, wanted: QueueFilter, now: datetime,
           limit: int = 200) -> list[QueueLine]:
     agents = set(agent_addresses(session, settings))
+    # When the customer last wrote, looked up per ticket (by the message index on
+    # ticket_id) for the tickets the filters keep, not for every mail ever stored.
     customer_wrote = (
-        select(Message.ticket_id, func.max(Message.created_at).label("at"))
-        .where(Message.direction == "in", col(Message.ticket_id).is_not(None),
+        select(func.max(Message.created_at))
+        .where(Message.ticket_id == Ticket.id, Message.direction == "in",
                col(Message.from_address).not_in(agents or {""}))
-        .group_by(col(Message.ticket_id))
-        .subquery()
+        .correlate(Ticket)
+        .scalar_subquery()
     )
-    waiting = func.coalesce(customer_wrote.c.at, Ticket.created_at)
-    query = select(Ticket, customer_wrote.c.at).outerjoin(
-        customer_wrote, customer_wrote.c.ticket_id == Ticket.id)
+    # Looked up once a ticket: sorted by its name, not by the expression again.
+    waiting = func.coalesce(customer_wrote, Ticket.created_at).label("waiting")
+    query = select(Ticket, waiting)
     if wanted.status == "all":
         pass
     elif wanted.status:
@@ -84,7 +86,7 @@ def queue(session: Session, settings: Settings, wanted: QueueFilter, now: dateti
             number=ticket.id, subject=ticket.subject, requester=ticket.requester,
             severity=Severity(ticket.severity), status=ticket.status,
             assignee=ticket.assignee or "", age=now - _naive(ticket.created_at),
-            customer_wrote=now - _naive(wrote) if wrote is not None else None,
+            customer_wrote=now - _naive(wrote),
         ))
     return lines
 

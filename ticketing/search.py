@@ -1,8 +1,9 @@
 """Full-text search over tickets: their subjects and the text of every mail on them.
 
 SQLite keeps FTS5 tables beside `ticket` and `message`, kept current by triggers;
-PostgreSQL has GIN indexes over the same text as tsvectors. Either way the index
-changes in the transaction that stores the mail, and a search reads only the index.
+PostgreSQL keeps the same text as a generated tsvector column (`search_vector`) on
+each, with a GIN index. Either way the index changes in the transaction that stores
+the mail, and a search reads only the index.
 
 What people type is reduced to its words, each one quoted, so no character of the
 search syntax (quotes, `*`, `-`, `NEAR`, parentheses) reaches the query language:
@@ -20,11 +21,10 @@ from sqlmodel import Session
 # A search uses at most this many words, each cut to this many characters.
 MAX_WORDS = 8
 MAX_WORD = 64
-# PostgreSQL indexes the first 100,000 characters of a mail's text only (written out in
-# the query below and in the index, which must match it): a tsvector holds at most 1 MB,
-# and an index entry too large would refuse the mail that made it.
+# PostgreSQL indexes the first 100,000 characters of a mail's text only (the migration
+# says so): a tsvector holds at most 1 MB, and one too large would refuse the mail.
 # Search objects in the database that the models do not describe (the FTS5 tables and
-# their shadow tables, the GIN indexes): every name starts so.
+# their shadow tables, the tsvector columns and their indexes): every name starts so.
 PREFIX = "search_"
 _WORD = re.compile(r"\w+")
 
@@ -39,31 +39,32 @@ def fts5_query(found: list[str]) -> str:
     return " ".join('"' + word.replace('"', '""') + '"' for word in found)
 
 
-# A hit in the subject counts twice as much as one in a mail.
+# A hit in the subject counts twice as much as one in a mail. bm25() works only where the
+# FTS table is scanned first: the mails' hits are scored alone, then joined to their tickets.
 _SQLITE = """
+WITH mail_hits AS MATERIALIZED (
+    SELECT rowid AS id, bm25(search_message) AS score
+    FROM search_message WHERE search_message MATCH :query
+)
 SELECT ticket_id, min(score) AS score FROM (
     SELECT rowid AS ticket_id, 2 * bm25(search_ticket) AS score
     FROM search_ticket WHERE search_ticket MATCH :query
     UNION ALL
-    SELECT message.ticket_id AS ticket_id, bm25(search_message) AS score
-    FROM search_message JOIN message ON message.id = search_message.rowid
-    WHERE search_message MATCH :query AND message.ticket_id IS NOT NULL
+    SELECT message.ticket_id AS ticket_id, mail_hits.score AS score
+    FROM mail_hits JOIN message ON message.id = mail_hits.id
+    WHERE message.ticket_id IS NOT NULL
 ) AS hits GROUP BY ticket_id
 """
 
 _POSTGRESQL = """
 SELECT ticket_id, min(score) AS score FROM (
-    SELECT ticket.id AS ticket_id,
-           -2 * ts_rank(to_tsvector('english', ticket.subject), query) AS score
+    SELECT ticket.id AS ticket_id, -2 * ts_rank(ticket.search_vector, query) AS score
     FROM ticket, plainto_tsquery('english', :query) AS query
-    WHERE to_tsvector('english', ticket.subject) @@ query
+    WHERE ticket.search_vector @@ query
     UNION ALL
-    SELECT message.ticket_id AS ticket_id,
-           -ts_rank(to_tsvector('english', left(message.text, 100000)), query)
-           AS score
+    SELECT message.ticket_id AS ticket_id, -ts_rank(message.search_vector, query) AS score
     FROM message, plainto_tsquery('english', :query) AS query
-    WHERE to_tsvector('english', left(message.text, 100000)) @@ query
-      AND message.ticket_id IS NOT NULL
+    WHERE message.search_vector @@ query AND message.ticket_id IS NOT NULL
 ) AS hits GROUP BY ticket_id
 """
 

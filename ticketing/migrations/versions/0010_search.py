@@ -1,8 +1,9 @@
 """search: full-text indexes over ticket subjects and mail text
 
 SQLite: FTS5 tables reading from ticket and message, kept current by triggers.
-PostgreSQL: GIN indexes over to_tsvector of the same text. Both are filled from
-the rows already there.
+PostgreSQL: a stored generated tsvector column on each, with a GIN index (a search
+ranks its hits from the stored vectors instead of parsing each text again). Both
+are filled from the rows already there.
 
 Revision ID: 0010
 Revises: 0009
@@ -41,11 +42,17 @@ def _sqlite_upgrade() -> None:
         op.execute(f"INSERT INTO {index}({index}) VALUES ('rebuild')")
 
 
+_POSTGRESQL_INDEXES = (
+    ("ticket", "subject"),
+    ("message", f"left(text, {INDEXED_CHARACTERS})"),
+)
+
+
 def _postgresql_upgrade() -> None:
-    op.execute("CREATE INDEX search_ticket ON ticket "
-               "USING gin (to_tsvector('english', subject))")
-    op.execute("CREATE INDEX search_message ON message "
-               f"USING gin (to_tsvector('english', left(text, {INDEXED_CHARACTERS})))")
+    for table, source in _POSTGRESQL_INDEXES:
+        op.execute(f"ALTER TABLE {table} ADD COLUMN search_vector tsvector "
+                   f"GENERATED ALWAYS AS (to_tsvector('english', {source})) STORED")
+        op.execute(f"CREATE INDEX search_{table} ON {table} USING gin (search_vector)")
 
 
 def upgrade() -> None:
@@ -62,5 +69,6 @@ def downgrade() -> None:
                 op.execute(f"DROP TRIGGER IF EXISTS {index}_{event}")
             op.execute(f"DROP TABLE IF EXISTS {index}")
     else:
-        op.execute("DROP INDEX IF EXISTS search_message")
-        op.execute("DROP INDEX IF EXISTS search_ticket")
+        for table, _ in _POSTGRESQL_INDEXES:
+            op.execute(f"DROP INDEX IF EXISTS search_{table}")
+            op.execute(f"ALTER TABLE {table} DROP COLUMN IF EXISTS search_vector")
