@@ -12,9 +12,9 @@ import time
 from concurrent.futures import Executor
 
 from ticketing.desk import Desk
-from ticketing.groupcommit import Result, store_together
+from ticketing.groupcommit import Result, prepare_ahead, store_together
 from ticketing.inbound import Inbound, Outcome
-from ticketing.ingest import Prepared, prepare
+from ticketing.ingest import Prepared
 
 # Mails in one transaction at most: a batch is also what each of its clients waits for.
 MOST = 32
@@ -29,11 +29,12 @@ class CommitQueue:
         self._storing: asyncio.Task[None] | None = None
 
     async def ingest(self, inbound: Inbound) -> Outcome:
-        """Store the mail (parsed in the executor, beside the batch being stored) and
-        return its Outcome once committed; raise its temporary failure."""
+        """Store the mail (parsed, and its files written, in the executor beside the
+        batch being stored) and return its Outcome once committed; raise its temporary
+        failure."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        prepared = await loop.run_in_executor(self.executor, prepare, self.desk, inbound)
+        prepared = await loop.run_in_executor(self.executor, prepare_ahead, self.desk, inbound)
         if isinstance(prepared, Outcome):
             outcome = prepared
         else:

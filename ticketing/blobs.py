@@ -55,6 +55,9 @@ def blob_store(settings: Settings, engine: Engine) -> BlobStore:
     return folder
 
 
+_REMEMBERED = 4096  # files a FolderBlobs remembers having made durable
+
+
 class FolderBlobs:
     """Files under the data folder, written durably before the row that names them commits.
 
@@ -67,6 +70,9 @@ class FolderBlobs:
         self.durable = durable
         # Fan-out folders whose own names this process has synced to the disk.
         self._synced: set[Path] = set()
+        # Files this process wrote and synced, their names too, lately: a second put of
+        # one (the mail's transaction, after it was kept ahead of it) has nothing to sync.
+        self._durable: dict[str, None] = {}
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256
@@ -92,7 +98,7 @@ class FolderBlobs:
                 _fsync_folder(folder.parent.parent)
             self._synced.add(folder)
         if target.exists():
-            if self.durable:
+            if self.durable and sha256 not in self._durable:
                 _fsync_folder(folder)  # another writer's rename may not be on the disk yet
             return
         # A name of its own per write: two threads storing the same bytes must not share one.
@@ -110,6 +116,9 @@ class FolderBlobs:
             raise
         if self.durable:
             _fsync_folder(folder)
+            self._durable[sha256] = None
+            if len(self._durable) > _REMEMBERED:
+                del self._durable[next(iter(self._durable))]
 
     def has(self, session: Session | None, sha256: str) -> bool:
         return self.path(sha256).is_file()

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
+from ticketing.blobs import FolderBlobs
 from ticketing.db import StorageError, mail_fault, transaction
-from ticketing.inbound import Outcome
-from ticketing.ingest import Prepared, record, store, stored
+from ticketing.inbound import Inbound, Outcome
+from ticketing.ingest import Prepared, prepare, record, store, stored
 
 if TYPE_CHECKING:
     from ticketing.desk import Desk
@@ -66,6 +67,24 @@ def store_together(desk: Desk, mails: Sequence[Prepared]) -> list[Result]:
         else:
             results.append(_alone(desk, prepared))
     return results
+
+
+def prepare_ahead(desk: Desk, inbound: Inbound) -> Prepared | Outcome:
+    """Prepare a mail, and write its files to the data folder (when they are kept
+    there) before its transaction, outside the one writer's turn: several threads can
+    wait on the disk at once. A file left by a transaction that then fails is harmless
+    (the same bytes under the same name); the transaction keeps them again, at no cost."""
+    prepared = prepare(desk, inbound)
+    blobs = desk.blobs
+    if isinstance(prepared, Prepared) and isinstance(blobs, FolderBlobs):
+        files = {prepared.raw_sha256: inbound.raw}
+        files.update((item.sha256, item.data) for item in prepared.mail.attachments)
+        try:
+            for sha256 in sorted(files):
+                blobs.put(None, sha256, files[sha256])
+        except StorageError:
+            pass  # the transaction meets the same fault and answers for it
+    return prepared
 
 
 def _alone(desk: Desk, prepared: Prepared) -> Result:
