@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from ticketing.addresses import Address, is_machine_address
 from ticketing.compose import compose
 from ticketing.conversation import is_ours
-from ticketing.incidents import components_of, tickets_of
+from ticketing.incidents import IncidentError, components_of, tickets_of
 from ticketing.models import (
     Account,
     AutoReplyLog,
@@ -34,7 +34,7 @@ from ticketing.models import (
 from ticketing.notifications import fan_out
 from ticketing.ratelimit import STATUS_UPDATE, WINDOW
 from ticketing.returnpath import bounce_address
-from ticketing.subscriptions import manage_url, unsubscribe_address, unsubscribe_url
+from ticketing.subscriptions import subscriber_links
 
 if TYPE_CHECKING:
     from ticketing.desk import Desk
@@ -61,7 +61,7 @@ def publish(session: Session, desk: Desk, incident: Incident, posted: IncidentUp
     answered: list[int] = []
     if tell_tickets:
         if incident.state != "resolved":
-            raise ValueError("tickets are told only when the incident is resolved")
+            raise IncidentError("tickets are told only when the incident is resolved")
         answered = tell_attached_tickets(session, desk, incident, posted, now)
     return Told(mailed, withheld, tuple(answered))
 
@@ -131,9 +131,7 @@ def mail_subscribers(session: Session, desk: Desk, incident: Incident, posted: I
     counted: list[dict[str, Any]] = []
     for number, (subscriber_id, address, key) in zip(
             _outbox_ids(session, len(recipients)), recipients, strict=True):
-        manage = manage_url(subscriber_id, key, settings)
-        one_click = unsubscribe_url(subscriber_id, key, settings)
-        mailto = unsubscribe_address(subscriber_id, key, settings)
+        manage, one_click, mailto = subscriber_links(subscriber_id, key, settings)
         mail = compose(
             settings, to=[Address(address)], subject=subject,
             text=plain.replace(manage_marker, manage).replace(one_click_marker, one_click),

@@ -64,13 +64,6 @@ def find_by_token(session: Session, token: str, secret: str) -> StatusSubscriber
     return row if hmac.compare_digest(expected, match.group(2)) else None
 
 
-def unsubscribe_address(subscriber_id: int, key: str, settings: Settings) -> str:
-    """`support+unsubscribe-<token>@domain`: mail to it ends the subscription."""
-    support = settings.support
-    token = subscriber_token(subscriber_id, key, support.secret)
-    return f"{support.local_part}+{_UNSUBSCRIBE}{token}@{support.domain}"
-
-
 def token_of_address(address: str, settings: Settings) -> str | None:
     """The token in an unsubscribe address of ours, unchecked; None for any other address."""
     local, _, domain = address.strip().strip("<>").lower().rpartition("@")
@@ -150,13 +143,17 @@ def _mail(session: Session, desk: Desk, row: StatusSubscriber, now: datetime, *,
 
 
 def manage_url(subscriber_id: int, key: str, settings: Settings) -> str:
-    return (f"{settings.web.url}/status/subscription/"
-            f"{subscriber_token(subscriber_id, key, settings.support.secret)}")
+    return subscriber_links(subscriber_id, key, settings)[0]
 
 
-def unsubscribe_url(subscriber_id: int, key: str, settings: Settings) -> str:
-    return (f"{settings.web.url}/status/unsubscribe/"
-            f"{subscriber_token(subscriber_id, key, settings.support.secret)}")
+def subscriber_links(subscriber_id: int, key: str, settings: Settings) -> tuple[str, str, str]:
+    """A subscriber's (manage page, one-click unsubscribe, mailto unsubscribe) addresses,
+    all carrying the one signed token."""
+    support = settings.support
+    token = subscriber_token(subscriber_id, key, support.secret)
+    return (f"{settings.web.url}/status/subscription/{token}",
+            f"{settings.web.url}/status/unsubscribe/{token}",
+            f"{support.local_part}+{_UNSUBSCRIBE}{token}@{support.domain}")
 
 
 def waiting(session: Session, token: str, now: datetime) -> StatusSubscriber | None:
