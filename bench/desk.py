@@ -114,6 +114,8 @@ def fill(url: str, tickets: int, messages: int) -> int:
             subject=ticket["subject"], text=text(rng, words),
             created_at=ticket["created_at"] + timedelta(minutes=i // tickets * 30),
         ))
+        if not by_agent:
+            ticket["customer_wrote_at"] = mails[-1]["created_at"]
     engine = make_engine(url)
     with engine.begin() as connection:
         _insert(connection, "account", [Account(

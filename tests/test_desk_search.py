@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from sqlalchemy import Engine
+from sqlmodel import SQLModel
 
 from tests.harness import Relay, request, send, wait_until_sent
 from tests.helpdesk import WebClient, helpdesk
@@ -14,7 +16,7 @@ from tests.servers import free_port
 from tests.test_threads import reply_to
 from ticketing.db import make_engine, migrate, transaction
 from ticketing.desk import Desk
-from ticketing.inbound import Inbound
+from ticketing.models import Message, Participant, Ticket
 from ticketing.queueview import QueueFilter, queue
 
 ALICE = "alice@example.com"
@@ -76,11 +78,12 @@ def test_the_search_finds_words_in_any_mail_s0_first_and_survives_any_query(
         assert status == 404 and b"zeppelin" not in body
 
 
-def test_an_upgrade_indexes_the_mail_already_stored(
+def test_an_upgrade_indexes_the_mail_already_stored_and_knows_when_the_customer_wrote(
     desks: Callable[..., Desk], database_url: str
 ) -> None:
     from alembic import command
     from alembic.config import Config
+    from sqlalchemy import insert
 
     from ticketing.db import MIGRATIONS
 
@@ -89,13 +92,26 @@ def test_an_upgrade_indexes_the_mail_already_stored(
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
     command.downgrade(config, "0009")  # before the search indexes
-    desk = desks()
-    raw = request("Invoices are wrong", "The totals are doubled by the zeppelin module.")
-    desk.ingest(Inbound(raw.as_bytes(), "pipe", CAROL, ("support@example.com",)))
+    # A ticket as that release stored it: the columns it had then.
+    wrote = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+    opened = Ticket(id=1, subject="Invoices are wrong", requester=CAROL, created_at=wrote,
+                    updated_at=wrote, status_changed_at=wrote).model_dump()
+    del opened["customer_wrote_at"]
+    mail = Message(id=1, ticket_id=1, dedupe_key="<1@customer.test>", kind="request",
+                   from_address=CAROL, text="The totals are doubled by the zeppelin module.",
+                   created_at=wrote).model_dump()
+    person = Participant(ticket_id=1, address=CAROL, role="requester", created_at=wrote)
+    with engine.begin() as connection:
+        connection.execute(insert(SQLModel.metadata.tables["ticket"]), [opened])
+        connection.execute(insert(SQLModel.metadata.tables["message"]), [mail])
+        connection.execute(insert(SQLModel.metadata.tables["participant"]),
+                           [person.model_dump(exclude={"id"})])
     migrate(engine)
     engine.dispose()
+    desk = desks()
     with transaction(desk.engine) as session:
-        lines = queue(session, desk.settings, QueueFilter(text="zeppelin"), desk.clock.now())
-        assert [line.number for line in lines] == [1]
-        lines = queue(session, desk.settings, QueueFilter(text="invoice"), desk.clock.now())
-        assert [line.number for line in lines] == [1]
+        for typed in ("zeppelin", "invoice"):
+            lines = queue(session, desk.settings, QueueFilter(text=typed), desk.clock.now())
+            assert [line.number for line in lines] == [1]
+        ticket = session.get(Ticket, 1)
+        assert ticket is not None and ticket.customer_wrote_at == wrote

@@ -80,6 +80,8 @@ class Ticket(SQLModel, table=True):
     created_at: datetime
     updated_at: datetime
     status_changed_at: datetime
+    # When the customer side last wrote (the request, a reply); the Queue's "waiting".
+    customer_wrote_at: datetime | None = None
 
 
 class Participant(SQLModel, table=True):

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
-from ticketing.models import Message, Ticket
+from ticketing.models import Ticket
 from ticketing.participants import agent_addresses
 from ticketing.search import matching
 from ticketing.settings import Settings
@@ -45,18 +45,7 @@ def _naive(value: datetime) -> datetime:
 
 def queue(session: Session, settings: Settings, wanted: QueueFilter, now: datetime,
           limit: int = 200) -> list[QueueLine]:
-    agents = set(agent_addresses(session, settings))
-    # When the customer last wrote, looked up per ticket (by the message index on
-    # ticket_id) for the tickets the filters keep, not for every mail ever stored.
-    customer_wrote = (
-        select(func.max(Message.created_at))
-        .where(Message.ticket_id == Ticket.id, Message.direction == "in",
-               col(Message.from_address).not_in(agents or {""}))
-        .correlate(Ticket)
-        .scalar_subquery()
-    )
-    # Looked up once a ticket: sorted by its name, not by the expression again.
-    waiting = func.coalesce(customer_wrote, Ticket.created_at).label("waiting")
+    waiting = func.coalesce(Ticket.customer_wrote_at, Ticket.created_at).label("waiting")
     query = select(Ticket, waiting)
     if wanted.status == "all":
         pass

@@ -201,6 +201,7 @@ def open_ticket(
         created_at=now,
         updated_at=now,
         status_changed_at=now,
+        customer_wrote_at=now,
     )
     session.add(ticket)
     session.flush()
@@ -295,6 +296,8 @@ def file_reply(
         return Outcome(Status.REPLY, ticket.id, message.id, "command error: not published")
     _save(session, message, files, ticket)
     ticket.updated_at = now
+    if not is_agent:
+        ticket.customer_wrote_at = now
     # A From header proves nothing: a mail that joined only by its subject tag and
     # its From (no reply token, no Message-ID of the thread) is added to the thread
     # but changes nobody's place on it.
