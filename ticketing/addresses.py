@@ -6,8 +6,10 @@ import re
 from dataclasses import dataclass
 
 # A local part is plain, or quoted ("#FAX#*49000783135#"@otobo.fax, RFC 5322 3.4.1).
+# No control characters anywhere: no mail system takes them, and no database text a NUL.
 _ADDRESS = re.compile(
-    r"^(?:[^@\s<>()\[\],;:\"\\]+|\"[^\"\\\s]+\")@[^@\s<>()\[\],;:\"\\]+$"
+    r"^(?:[^@\s<>()\[\],;:\"\\\x00-\x1f\x7f]+|\"[^\"\\\s\x00-\x1f\x7f]+\")"
+    r"@[^@\s<>()\[\],;:\"\\\x00-\x1f\x7f]+$"
 )
 
 # A local part that needs no quotes (RFC 5322 dot-atom): "#FAX#1"@d is #FAX#1@d.

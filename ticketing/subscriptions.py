@@ -39,6 +39,7 @@ CONFIRM_LIFETIME = timedelta(hours=24)
 WINDOW = timedelta(hours=1)
 _TOKEN = re.compile(r"^(\d{1,18})-([0-9a-f]{32})$")
 _UNSUBSCRIBE = "unsubscribe-"
+_LARGEST_ID = 2**31 - 1  # what the id column holds: a bigger number in a token names nobody
 
 
 def _signature(subscriber_id: int, key: str, secret: str) -> str:
@@ -55,7 +56,7 @@ def subscriber_token(subscriber_id: int, key: str, secret: str) -> str:
 def find_by_token(session: Session, token: str, secret: str) -> StatusSubscriber | None:
     """The subscriber a manage or unsubscribe token names, or None (wrong, guessed, ended)."""
     match = _TOKEN.match(token or "")
-    if match is None:
+    if match is None or int(match.group(1)) > _LARGEST_ID:
         return None
     row = session.get(StatusSubscriber, int(match.group(1)))
     if row is None or row.id is None:

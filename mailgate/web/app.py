@@ -7,6 +7,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -31,6 +32,25 @@ from ticketing.desk import Desk
 
 STATIC = Path(__file__).resolve().parent / "static"
 
+# The largest number a row's id column holds (PostgreSQL's integer).
+LARGEST_ROW = 2**31 - 1
+
+
+class RowNumber(Convertor[int]):
+    """A row's number in a path. One past what the column holds names no row: it reads
+    as 0, which no row has, so the page is a 404 and never a database error."""
+
+    regex = "[0-9]+"
+
+    def convert(self, value: str) -> int:
+        return int(value) if len(value) <= 10 and int(value) <= LARGEST_ROW else 0
+
+    def to_string(self, value: int) -> str:
+        return str(int(value))
+
+
+register_url_convertor("row", RowNumber())
+
 ROUTES = [
     Route("/", helpdesk.home),
     # Signing in and out
@@ -51,32 +71,32 @@ ROUTES = [
     Route("/requests", helpdesk.my_requests),
     Route("/requests/new", helpdesk.new_request_page),
     Route("/requests/new", helpdesk.submit_request, methods=["POST"]),
-    Route("/requests/{number:int}", helpdesk.ticket_page),
-    Route("/requests/{number:int}/reply", helpdesk.reply, methods=["POST"]),
-    Route("/requests/{number:int}/files/{file_id:int}/{name}", helpdesk.download),
+    Route("/requests/{number:row}", helpdesk.ticket_page),
+    Route("/requests/{number:row}/reply", helpdesk.reply, methods=["POST"]),
+    Route("/requests/{number:row}/files/{file_id:row}/{name}", helpdesk.download),
     # The agents' desk
     Route("/desk", desk.queue_page),
-    Route("/desk/tickets/{number:int}", desk.ticket_page),
-    Route("/desk/tickets/{number:int}", desk.act, methods=["POST"]),
-    Route("/desk/tickets/{number:int}/files/{file_id:int}/{name}", desk.download),
+    Route("/desk/tickets/{number:row}", desk.ticket_page),
+    Route("/desk/tickets/{number:row}", desk.act, methods=["POST"]),
+    Route("/desk/tickets/{number:row}/files/{file_id:row}/{name}", desk.download),
     # The operators' pages
     Route("/ops/outbox", operations.outbox_page),
     Route("/ops/outbox/retry", operations.retry_all_mail, methods=["POST"]),
-    Route("/ops/outbox/{number:int}/retry", operations.retry_mail, methods=["POST"]),
+    Route("/ops/outbox/{number:row}/retry", operations.retry_mail, methods=["POST"]),
     Route("/ops/pages", operations.pages_page),
-    Route("/ops/pages/{number:int}/retry", operations.retry_one_page, methods=["POST"]),
+    Route("/ops/pages/{number:row}/retry", operations.retry_one_page, methods=["POST"]),
     Route("/ops/accounts", ops_accounts.accounts_page),
     Route("/ops/accounts/add", ops_accounts.add, methods=["POST"]),
     Route("/ops/accounts/disable", ops_accounts.disable, methods=["POST"]),
     Route("/ops/accounts/clear-bounce", ops_accounts.clear_bounce, methods=["POST"]),
     Route("/ops/mail", operations.mail_page),
-    Route("/ops/held/{number:int}/release", operations.release_held, methods=["POST"]),
-    Route("/ops/quarantine/{number:int}/replay", operations.replay_quarantined,
+    Route("/ops/held/{number:row}/release", operations.release_held, methods=["POST"]),
+    Route("/ops/quarantine/{number:row}/replay", operations.replay_quarantined,
           methods=["POST"]),
-    Route("/ops/quarantine/{number:int}/raw", operations.download_quarantined),
+    Route("/ops/quarantine/{number:row}/raw", operations.download_quarantined),
     # The public status page
     Route("/status", status.status_page),
-    Route("/status/incidents/{number:int}", status.incident_page),
+    Route("/status/incidents/{number:row}", status.incident_page),
     Route("/status/feed.atom", status.feed),
     Route("/status/subscribe", subscriptions.subscribe_page),
     Route("/status/subscribe", subscriptions.subscribe, methods=["POST"]),

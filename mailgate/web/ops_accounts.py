@@ -27,7 +27,8 @@ def _accounts(desk: Desk, text: str) -> list[dict[str, Any]]:
 
 async def _page(request: Request, status: int = 200, error: str = "", done: str = "",
                 text: str = "") -> Response:
-    text = text or request.query_params.get("q", "")[:320]
+    # A NUL is in no address or name, and no database text takes one.
+    text = (text or request.query_params.get("q", "")[:320]).replace("\x00", "")
     accounts = await in_thread(_accounts, web_of(request).desk, text)
     return render(request, "ops/accounts.html", status, accounts=accounts[:SHOWN],
                   more=len(accounts) > SHOWN, text=text, error=error, done=done)

@@ -1,0 +1,82 @@
+"""What a plain HTTP client can type into an address or a form that no page of ours would:
+numbers no row can have, NUL bytes, the same form many times at once. The answer is a
+404 or a 400 on both databases, never a 500, and no limit is passed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.harness import Relay, request, send, wait_until_sent
+from tests.helpdesk import HelpDesk, WebClient, helpdesk
+from tests.servers import free_port
+from ticketing.desk import Desk
+
+ALICE = "alice@example.com"  # an agent
+OLIVE = "olive@example.com"  # an operator
+CAROL = "carol@customer.test"
+PASSWORD = "correct horse battery"
+# Past a 32-bit column (PostgreSQL's integer), and past a 64-bit one.
+NUMBERS = [str(2**31), "99999999999", str(2**64 + 1)]
+
+
+def _desk(desks: Callable[..., Desk], relay: Relay) -> Desk:
+    return desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+                 agents={"addresses": [ALICE], "operators": [OLIVE]},
+                 status={"components": ["API"]})
+
+
+def _clients(hd: HelpDesk) -> dict[str, WebClient]:
+    clients = {"visitor": WebClient(hd.url)}
+    for address in (CAROL, ALICE, OLIVE):
+        hd.add_account(address, password=PASSWORD)
+        clients[address] = WebClient(hd.url)
+        clients[address].sign_in(address, PASSWORD)
+    return clients
+
+
+def test_numbers_no_row_can_have_are_a_404_for_everyone(
+    desks: Callable[..., Desk], relay: Relay,
+) -> None:
+    with helpdesk(_desk(desks, relay), relay) as hd:
+        send(hd.smtp_port, request("Invoices are wrong", "The totals are doubled."))
+        wait_until_sent(hd.desk.engine)
+        for who, client in _clients(hd).items():
+            token = client.token("/status/subscribe")
+            for n in NUMBERS:
+                for path in (f"/requests/{n}", f"/requests/1/files/{n}/x.pdf",
+                             f"/requests/{n}/files/1/x.pdf", f"/desk/tickets/{n}",
+                             f"/desk/tickets/1/files/{n}/x.pdf", f"/status/incidents/{n}",
+                             f"/ops/quarantine/{n}/raw", f"/status/subscription/{n}-{'0' * 32}",
+                             f"/status/unsubscribe/{n}-{'0' * 32}"):
+                    status, _, _ = client.get(path)
+                    assert status in (303, 404), (who, path, status)
+                for path in (f"/requests/{n}/reply", f"/desk/tickets/{n}",
+                             f"/ops/outbox/{n}/retry", f"/ops/pages/{n}/retry",
+                             f"/ops/held/{n}/release", f"/ops/quarantine/{n}/replay",
+                             f"/status/unsubscribe/{n}-{'0' * 32}"):
+                    status, _, _ = client.post(path, {"csrf": token, "text": "Hello",
+                                                      "List-Unsubscribe": "One-Click"},
+                                               {"Origin": hd.url})
+                    assert status in (303, 404), (who, path, status)
+
+
+def test_a_nul_byte_in_an_address_or_a_search_is_refused_not_a_500(
+    desks: Callable[..., Desk], relay: Relay,
+) -> None:
+    with helpdesk(_desk(desks, relay), relay) as hd:
+        clients = _clients(hd)
+        visitor, operator = clients["visitor"], clients[OLIVE]
+        status, _, body = visitor.post("/status/subscribe", {"email": "ann\x00@reader.test"},
+                                       {"Origin": hd.url})
+        assert status == 400 and b"not a mail address" in body
+        token = operator.token("/ops/accounts")
+        for path in ("/ops/accounts/add", "/ops/accounts/disable", "/ops/accounts/clear-bounce"):
+            status, _, _ = operator.post(path, {"csrf": token, "address": "mallory\x00@evil.test"},
+                                         {"Origin": hd.url})
+            assert status in (400, 404), (path, status)
+        status, _, body = operator.get("/ops/accounts?q=%00olive")
+        assert status == 200 and OLIVE.encode() in body
+        status, _, _ = clients[ALICE].get("/desk?q=%00totals")
+        assert status == 200
+        relay.settle()
+        assert not [r for r in relay.received if any("\x00" in a for a in r.rcpt_tos)]
