@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from tests.databases import PostgresPool, copy_sqlite, settle_sqlite
 from tests.harness import Relay
 from tests.servers import free_port, postgres_url, scratch_database
 from ticketing.clock import Clock, FixedClock
@@ -27,19 +28,39 @@ def postgres_template() -> Iterator[str]:
         yield name
 
 
+@pytest.fixture(scope="session")
+def postgres_pool(postgres_template: str) -> Iterator[PostgresPool]:
+    """This process's copies of the template, each emptied after the test that had it."""
+    pool = PostgresPool(postgres_template)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per run; each test gets a copy of it."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "mailgate.sqlite3"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate(engine)
+    engine.dispose()
+    settle_sqlite(path)
+    return path
+
+
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated, empty database: a SQLite file, or a fresh PostgreSQL database."""
+    """A migrated, empty database: a SQLite file, or a PostgreSQL database of its own."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'mailgate.sqlite3'}"
-        engine = make_engine(url)
-        migrate(engine)
-        engine.dispose()
-        yield url
+        path = tmp_path / "mailgate.sqlite3"
+        copy_sqlite(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
         return
-    template = request.getfixturevalue("postgres_template")
-    with scratch_database("mailgate_t", template=template) as name:
+    pool: PostgresPool = request.getfixturevalue("postgres_pool")
+    name = pool.take()
+    try:
         yield postgres_url(name)
+    finally:
+        pool.give_back(name)
 
 
 @pytest.fixture

@@ -21,9 +21,10 @@ from sqlmodel import select
 from tnefparse import TNEF
 
 from tests.conftest import BACKENDS, make_settings
+from tests.databases import PostgresPool, copy_sqlite
 from tests.harness import Relay, request, send, serving
-from tests.servers import corpus_dir, free_port, postgres_url, scratch_database
-from ticketing.db import make_engine, migrate, transaction
+from tests.servers import corpus_dir, free_port, postgres_url
+from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.models import Attachment, Quarantine
 from ticketing.models import Message as MessageRow
@@ -95,16 +96,18 @@ class CorpusRun:
         return [a.filename for a in self.attachments(path)]
 
 
-def _database(backend: str, tmp: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp / 'mailgate.sqlite3'}"
-        engine = make_engine(url)
-        migrate(engine)
-        engine.dispose()
-        yield url
+def _database(request: pytest.FixtureRequest, tmp: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        path = tmp / "mailgate.sqlite3"
+        copy_sqlite(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
         return
-    with scratch_database("mailgate_corpus", migrated=True) as name:
+    pool: PostgresPool = request.getfixturevalue("postgres_pool")
+    name = pool.take("mailgate_corpus")
+    try:
         yield postgres_url(name)
+    finally:
+        pool.give_back(name)
 
 
 def _send_all(port: int, sent: dict[str, bytes]) -> dict[str, tuple[int, str]]:
@@ -143,7 +146,7 @@ def corpus_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     root = corpus_dir()
     tmp = tmp_path_factory.mktemp(f"corpus-{request.param}")
     sent = {path: wire_bytes((root / path).read_bytes()) for path in sorted(corpus_files())}
-    databases = _database(request.param, tmp)
+    databases = _database(request, tmp)
     url = next(databases)
     with Relay() as relay:
         settings = make_settings(tmp, url, smtp={"port": free_port()},
