@@ -6,11 +6,9 @@ import hashlib
 import hmac
 import json
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from tests.harness import Relay, request, send, serving, wait_until_sent
-from tests.servers import free_port
+from tests.servers import HttpServer, QuietHandler, free_port
 from tests.test_cli import run, serving_process, write_config
 from tests.test_threads import envelope_to, reply_to
 from ticketing.clock import FixedClock
@@ -40,7 +38,7 @@ class Pager:
         self.calls = 0
         pager = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 pager.calls += 1
@@ -52,23 +50,18 @@ class Pager:
                 self.send_response(202)
                 self.end_headers()
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.http = HttpServer(Handler, port)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/page"
+        return f"{self.http.url}/page"
 
     def __enter__(self) -> Pager:
-        self.thread.start()
+        self.http.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.stop()
 
     def wait_for(self, count: int, timeout: float = 15) -> list[dict[str, object]]:
         """The pages received, once there are at least `count`; fails after `timeout` s."""

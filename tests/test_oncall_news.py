@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.harness import Received, Relay, request, send, serving
-from tests.servers import free_port
+from tests.servers import HttpServer, QuietHandler, free_port
 from tests.test_cli import run, write_config
 from tests.test_oncall_e2e import Pager
 from ticketing.clock import FixedClock
@@ -53,7 +51,7 @@ def test_a_new_s0_ticket_pages_without_waiting_for_the_poll(
 def refusing_hook(code: int) -> Iterator[str]:
     """A webhook that answers every page with `code`; yields its URL."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             body = b"no such hook"
@@ -62,17 +60,8 @@ def refusing_hook(code: int) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/page"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with HttpServer(Handler) as server:
+        yield f"{server.url}/page"
 
 
 def _s0_story(desk: Desk, relay: Relay) -> tuple[Received, Received, Received]:

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from mailgate.paging import (
     send_due_pages,
 )
 from tests.conftest import make_settings
-from tests.servers import free_port
+from tests.servers import HttpServer, QuietHandler, free_port
 from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.models import Page, PageAttempt, Ticket
@@ -63,7 +62,7 @@ class HookServer:
     def start(self) -> None:
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 owner.received.append(Request(self.path, dict(self.headers.items()), body))
@@ -81,21 +80,15 @@ class HookServer:
                 self.wfile.write(answer.encode())
                 owner.arrived.set()
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.http = HttpServer(Handler)
+        self.http.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.http.url
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        self.http.stop()
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import http.client
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +16,7 @@ from sqlmodel import select
 
 from tests.harness import Relay, request, send
 from tests.helpdesk import HelpDesk, WebClient, helpdesk
-from tests.servers import free_port
+from tests.servers import HttpServer, QuietHandler, free_port
 from tests.test_threads import envelope_to, reply_to
 from ticketing.db import transaction
 from ticketing.desk import Desk
@@ -113,7 +111,7 @@ def _hostile_site(target: str) -> Iterator[str]:
             '<input name="severity" value="S0"><input name="confirm" value="yes">'
             '<button type="submit">Win a prize</button></form>').encode()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
@@ -121,17 +119,8 @@ def _hostile_site(target: str) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(page)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with HttpServer(Handler) as server:
+        yield f"{server.url}/"
 
 
 def test_a_post_without_our_form_token_or_from_elsewhere_is_refused(
