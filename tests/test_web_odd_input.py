@@ -4,6 +4,7 @@ numbers no row can have, NUL bytes, the same form many times at once. The answer
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from tests.harness import Relay, request, send, wait_until_sent
@@ -80,3 +81,35 @@ def test_a_nul_byte_in_an_address_or_a_search_is_refused_not_a_500(
         assert status == 200
         relay.settle()
         assert not [r for r in relay.received if any("\x00" in a for a in r.rcpt_tos)]
+
+
+def test_the_subscribe_form_sent_many_times_at_once_answers_alike_within_the_limits(
+    desks: Callable[..., Desk], relay: Relay,
+) -> None:
+    """Asks that race each other for a new address: none may fail where a lone ask would
+    not (a 500 would tell the address was new) or mail past the hourly limits."""
+    desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address},
+                 status={"components": ["API"], "subscribe_per_address_per_hour": 2,
+                         "subscribe_per_client_per_hour": 5})
+    with helpdesk(desk, relay) as hd:
+        asks = [("dan@reader.test" if i < 8 else f"reader{i}@reader.test") for i in range(16)]
+        start = threading.Barrier(len(asks))
+        answers: list[int] = []
+
+        def ask(address: str) -> None:
+            start.wait()
+            status, _, _ = WebClient(hd.url).post("/status/subscribe", {"email": address},
+                                                  {"Origin": hd.url})
+            answers.append(status)
+
+        threads = [threading.Thread(target=ask, args=(a,)) for a in asks]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert answers == [200] * len(asks)
+        received = relay.settle()
+        confirmations = [r for r in received if "Confirm your subscription" in
+                         str(r.message["Subject"])]
+        assert len([r for r in confirmations if "dan@reader.test" in r.rcpt_tos]) <= 2
+        assert len(confirmations) <= 5

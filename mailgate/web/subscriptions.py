@@ -34,8 +34,8 @@ DEAD = ("This link no longer works: it was used already, it is more than a day o
 def _ask(desk: Desk, address: str, client: str) -> None:
     now = desk.clock.now()
     with transaction(desk.engine) as session:
-        prune(session, now)
         ask(session, desk, address, client, now)
+        prune(session, now)
     desk.committed(pages=False)
 
 
