@@ -1,4 +1,5 @@
-"""An agent's ticket page: followers added and removed, the files, the page history."""
+"""An agent's ticket page: followers added and removed (and the same by mail), the files,
+the page history."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.harness import Relay, request, send, wait_until_sent
+from tests.harness import Relay, request, send, serving, wait_until_sent
 from tests.helpdesk import HelpDesk, WebClient, helpdesk
 from tests.servers import free_port
 from tests.test_oncall_e2e import Pager
+from tests.test_threads import envelope_to, reply_to
 from ticketing.clock import FixedClock
 from ticketing.desk import Desk
 
 ALICE = "alice@example.com"
+ERIN = "erin@partner.test"
 CAROL = "carol@customer.test"
 DAVE = "dave@customer.test"
 MALLORY = "mallory@elsewhere.test"
@@ -157,3 +160,30 @@ def test_the_page_history_shows_the_page_an_agent_raised_from_the_web(
 def agent_signed_in(client: WebClient) -> WebClient:
     client.sign_in(ALICE, PASSWORD)
     return client
+
+
+def test_agents_add_and_remove_followers_by_mail_and_customers_cannot(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    with serving(_desk(desks, relay)) as port:
+        send(port, request(SUBJECT, "The totals are doubled.", cc=DAVE))
+        notice = relay.wait_for(1, where=lambda r: r.rcpt_tos == (ALICE,))[0]
+        confirmation = relay.wait_for(1, where=lambda r: CAROL in r.rcpt_tos)[0]
+        # A customer's command lines are words of a reply, nothing more.
+        send(port, reply_to(confirmation, f"Carol <{CAROL}>", f"#unfollow {DAVE}\nStill wrong."),
+             sender=CAROL, recipients=envelope_to(confirmation))
+        relay.wait_for(1, where=lambda r: DAVE in r.rcpt_tos and "Still wrong" in r.text())
+        step = len(relay.settle())
+        send(port, reply_to(notice, f"Alice Agent <{ALICE}>",
+                            f"#follow {ERIN}\n#unfollow {DAVE}\nWe found the rounding bug."),
+             sender=ALICE, recipients=envelope_to(notice))
+        relay.wait_for(step + 2)
+        answers = relay.settle()[step:]
+        assert sorted(r for m in answers for r in m.rcpt_tos) == [CAROL, ERIN]
+        assert all("#follow" not in m.text() for m in answers)
+        # The requester stays: the agent is told why nothing was done.
+        step = len(relay.received)
+        send(port, reply_to(notice, f"Alice Agent <{ALICE}>", f"#unfollow {CAROL}\nBye."),
+             sender=ALICE, recipients=envelope_to(notice))
+        told = relay.wait_for(step + 1)[step:]
+        assert told[0].rcpt_tos == (ALICE,) and "the requester stays" in told[0].text()
