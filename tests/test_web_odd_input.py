@@ -70,6 +70,10 @@ def test_a_nul_byte_in_an_address_or_a_search_is_refused_not_a_500(
         status, _, body = visitor.post("/status/subscribe", {"email": "ann\x00@reader.test"},
                                        {"Origin": hd.url})
         assert status == 400 and b"not a mail address" in body
+        # Nor can a line break carry a header into the confirmation mail.
+        status, _, body = visitor.post("/status/subscribe", {
+            "email": "ann@reader.test\r\nBcc: mallory@evil.test"}, {"Origin": hd.url})
+        assert status == 400 and b"not a mail address" in body
         token = operator.token("/ops/accounts")
         for path in ("/ops/accounts/add", "/ops/accounts/disable", "/ops/accounts/clear-bounce"):
             status, _, _ = operator.post(path, {"csrf": token, "address": "mallory\x00@evil.test"},
@@ -80,7 +84,8 @@ def test_a_nul_byte_in_an_address_or_a_search_is_refused_not_a_500(
         status, _, _ = clients[ALICE].get("/desk?q=%00totals")
         assert status == 200
         relay.settle()
-        assert not [r for r in relay.received if any("\x00" in a for a in r.rcpt_tos)]
+        assert not [r for r in relay.received if any("\x00" in a or "evil" in a
+                                                     for a in r.rcpt_tos)]
 
 
 def test_the_subscribe_form_sent_many_times_at_once_answers_alike_within_the_limits(
@@ -113,3 +118,26 @@ def test_the_subscribe_form_sent_many_times_at_once_answers_alike_within_the_lim
                          str(r.message["Subject"])]
         assert len([r for r in confirmations if "dan@reader.test" in r.rcpt_tos]) <= 2
         assert len(confirmations) <= 5
+
+
+def test_every_new_page_forbids_scripts_framing_and_sniffing(
+    desks: Callable[..., Desk], relay: Relay,
+) -> None:
+    with helpdesk(_desk(desks, relay), relay) as hd:
+        send(hd.smtp_port, request("Invoices are wrong", "The totals are doubled."))
+        wait_until_sent(hd.desk.engine)
+        clients = _clients(hd)
+        pages = [("visitor", "/status"), ("visitor", "/status/subscribe"),
+                 ("visitor", "/status/confirm/" + "A" * 43),
+                 ("visitor", f"/status/subscription/1-{'0' * 32}"),
+                 (ALICE, "/desk?q=totals"), (ALICE, "/desk/tickets/1"),
+                 (OLIVE, "/ops/outbox"), (OLIVE, "/ops/pages"), (OLIVE, "/ops/accounts?q=a"),
+                 (OLIVE, "/ops/mail")]
+        for who, path in pages:
+            status, headers, _ = clients[who].get(path)
+            assert status in (200, 404, 410), (who, path, status)
+            policy = headers["Content-Security-Policy"]
+            assert "default-src 'none'" in policy and "script-src" not in policy, path
+            assert "frame-ancestors 'none'" in policy and "form-action 'self'" in policy, path
+            assert headers["X-Frame-Options"] == "DENY", path
+            assert headers["X-Content-Type-Options"] == "nosniff", path
