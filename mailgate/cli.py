@@ -466,16 +466,16 @@ def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
                   f"{settings.web.url}/sign-in with a link mailed to it")
             return 0
         if args.action == "add":
-            address = args.address.strip().lower()
-            row = session.exec(select(table).where(table.address == address)).first()
-            if row is None:
-                row = table(address=address, name=args.name or "", created_at=now)
-            if isinstance(row, Account):
-                row.registered = True
-            if args.name:
-                row.name = args.name
-            session.add(row)
-            print(f"mailgate: {args.command[:-1]} {address} added")
+            from ticketing.roles import add_agent
+
+            try:
+                agent = add_agent(session, args.address, args.name or "", now,
+                                  operator=args.operator, by=_operator())
+            except ValueError as exc:
+                print(f"mailgate: {exc}", file=sys.stderr)
+                return 2
+            print(f"mailgate: agent {agent.address} added"
+                  f"{' (an operator)' if agent.operator else ''}")
             return 0
         if args.action == "clear-bounce":
             return _clear_bounce(session, args)
@@ -488,7 +488,7 @@ def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
             records = [r.model_dump(mode="json") for r in rows]
     if table is Agent:
         records = _with_configured_agents(settings, records)
-    keys = ("address", "name", "source") if table is Agent else (
+    keys = ("address", "name", "operator", "source") if table is Agent else (
         "address", "name", "bouncing_since", "bounce_detail")
     _print(records, args.json, lambda r: _rows(r, keys))
     return 0
@@ -496,12 +496,16 @@ def cmd_people(settings: Settings, args: argparse.Namespace) -> int:
 
 def _with_configured_agents(settings: Settings, records: list[dict[str, Any]]
                             ) -> list[dict[str, Any]]:
-    """Agents named in agents.addresses as well as those added with `agents add`."""
+    """Agents named in agents.addresses as well as those added with `agents add`; an
+    operator is one named in agents.operators or added with --operator."""
     configured = {a.strip().lower() for a in settings.agents.addresses}
+    operators = {a.strip().lower() for a in settings.agents.operators}
     merged = {r["address"]: {**r, "source": "config" if r["address"] in configured else "added"}
               for r in records}
     for address in configured - merged.keys():
-        merged[address] = {"address": address, "name": "", "source": "config"}
+        merged[address] = {"address": address, "name": "", "operator": False, "source": "config"}
+    for address, record in merged.items():
+        record["operator"] = bool(record["operator"]) or address in operators
     return [merged[a] for a in sorted(merged)]
 
 
@@ -635,6 +639,10 @@ def parser() -> argparse.ArgumentParser:
         add = people.add_parser("add")
         add.add_argument("address")
         add.add_argument("--name")
+        if name == "agents":
+            add.add_argument("--operator", action=argparse.BooleanOptionalAction, default=None,
+                             help="also give the operators' web pages (--no-operator: take "
+                             "them away)")
         listing = people.add_parser("list")
         listing.add_argument("--json", action="store_true")
         choices = [add, listing]

@@ -3,6 +3,7 @@ kept out (customers, agents who are not operators, visitors, forged posts)."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -312,3 +313,32 @@ def test_a_retry_from_the_cli_is_on_the_tickets_history_as_well(
         desk.engine.dispose()
     assert [(e.ticket_id, e.route, e.new) for e in events] == [(1, "cli", "retry")]
     assert events[0].actor == (os.environ.get("USER") or "operator")
+
+
+def test_an_agent_added_as_operator_from_the_cli_has_the_operators_pages(
+    tmp_path: Path, database_url: str
+) -> None:
+    config = write_config(tmp_path, database_url)
+    assert run(config, "init").returncode == 0
+    added = run(config, "agents", "add", OLIVE, "--name", "Olive", "--operator")
+    assert added.returncode == 0 and b"(an operator)" in added.stdout
+    assert run(config, "agents", "add", ALICE).returncode == 0
+    listed = json.loads(run(config, "agents", "list", "--json").stdout)
+    assert [(a["address"], a["operator"]) for a in listed] == [(ALICE, False), (OLIVE, True)]
+    desk = Desk.create(load_settings(str(config)))
+    for address in (OLIVE, ALICE):
+        _account(desk, address)
+    try:
+        with serving(desk):
+            olive, alice = WebClient(desk.settings.web.url), WebClient(desk.settings.web.url)
+            olive.sign_in(OLIVE, PASSWORD)
+            alice.sign_in(ALICE, PASSWORD)
+            assert olive.get("/ops/outbox")[0] == 200
+            assert alice.get("/ops/outbox")[0] == 404
+            assert alice.get("/desk")[0] == 200
+            # Taken away again: the next request finds a plain agent.
+            assert run(config, "agents", "add", OLIVE, "--no-operator").returncode == 0
+            assert olive.get("/ops/outbox")[0] == 404
+            assert olive.get("/desk")[0] == 200
+    finally:
+        desk.engine.dispose()

@@ -66,6 +66,7 @@ class Agent(SQLModel, table=True):
     address: str = Field(max_length=320, unique=True)
     name: str = Field(default="", max_length=200)
     created_at: datetime
+    operator: bool = False  # also has the operators' web pages
 
 
 class Ticket(SQLModel, table=True):
