@@ -1,6 +1,7 @@
 """The operators' pages under /ops: the outbox and the pages to retry, held mail to
-release, quarantined mail to replay or download. Only operators (agents.operators) see
-them; anyone else signed in gets a 404, as for a page that does not exist."""
+release, quarantined mail to replay or download. Only operators (agents.operators, or
+`agents add --operator`) see them; anyone else signed in gets a 404, as for a page that
+does not exist."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ from starlette.responses import Response
 from mailgate.outbound import retry_now
 from mailgate.paging import list_pages, retry_page
 from mailgate.web.helpdesk import EXPIRED
-from mailgate.web.pages import Endpoint, current_account, in_thread, read_form, redirect, render, web_of
+from mailgate.web.pages import (
+    Endpoint,
+    current_account,
+    in_thread,
+    read_form,
+    redirect,
+    render,
+    web_of,
+)
 from ticketing.audit import Actor
 from ticketing.blobs import MissingBlob
 from ticketing.db import StorageError, transaction
