@@ -321,8 +321,9 @@ def test_an_agent_added_as_operator_from_the_cli_has_the_operators_pages(
     config = write_config(tmp_path, database_url)
     assert run(config, "init").returncode == 0
     added = run(config, "agents", "add", OLIVE, "--name", "Olive", "--operator")
-    assert added.returncode == 0 and b"(an operator)" in added.stdout
-    assert run(config, "agents", "add", ALICE).returncode == 0
+    assert added.returncode == 0 and b"(an operator)" in added.stdout, added.stderr
+    alice_added = run(config, "agents", "add", ALICE)
+    assert alice_added.returncode == 0, alice_added.stderr
     listed = json.loads(run(config, "agents", "list", "--json").stdout)
     assert [(a["address"], a["operator"]) for a in listed] == [(ALICE, False), (OLIVE, True)]
     desk = Desk.create(load_settings(str(config)))
@@ -333,12 +334,15 @@ def test_an_agent_added_as_operator_from_the_cli_has_the_operators_pages(
             olive, alice = WebClient(desk.settings.web.url), WebClient(desk.settings.web.url)
             olive.sign_in(OLIVE, PASSWORD)
             alice.sign_in(ALICE, PASSWORD)
-            assert olive.get("/ops/outbox")[0] == 200
-            assert alice.get("/ops/outbox")[0] == 404
-            assert alice.get("/desk")[0] == 200
+            for client, path, expected in ((olive, "/ops/outbox", 200), (alice, "/ops/outbox", 404),
+                                           (alice, "/desk", 200)):
+                status, _, body = client.get(path)
+                assert status == expected, (path, status, body[:300])
             # Taken away again: the next request finds a plain agent.
-            assert run(config, "agents", "add", OLIVE, "--no-operator").returncode == 0
-            assert olive.get("/ops/outbox")[0] == 404
-            assert olive.get("/desk")[0] == 200
+            demoted = run(config, "agents", "add", OLIVE, "--no-operator")
+            assert demoted.returncode == 0, demoted.stderr
+            for path, expected in (("/ops/outbox", 404), ("/desk", 200)):
+                status, _, body = olive.get(path)
+                assert status == expected, (path, status, body[:300])
     finally:
         desk.engine.dispose()
