@@ -27,10 +27,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
 from mailgate.backoff import backoff
-from mailgate.paging import worker_name
 from ticketing.clock import Clock
 from ticketing.db import StorageError, transaction
 from ticketing.inbound import Inbound, Outcome
+from ticketing.leases import MAILBOXES, holder_name, this_process
 from ticketing.models import MailboxState
 from ticketing.settings import ConfigError, ImapMailbox
 
@@ -123,7 +123,7 @@ class ImapFetcher:
         self.ingest = ingest
         self.clock = clock
         self.route = f"imap:{box.key}"
-        self.holder = holder or worker_name()
+        self.holder = holder_name(holder or this_process())
         # The longest wait between passes, and the lease: a few of those waits, renewed
         # at each pass and before each message.
         self.between = max(0.1, min(box.poll_interval or MAX_WAIT, MAX_WAIT))
@@ -256,18 +256,16 @@ class ImapFetcher:
                 taken = session.execute(
                     update(MailboxState)
                     .where(col(MailboxState.key) == key,
-                           or_(col(MailboxState.held_by) == self.holder,
-                               col(MailboxState.held_until).is_(None),
-                               col(MailboxState.held_until) < now))
-                    .values(held_by=self.holder, held_until=now + self.lease)
+                           or_(MAILBOXES.held_by(self.holder), MAILBOXES.free(now)))
+                    .values(MAILBOXES.take(self.holder, now + self.lease))
                 )
                 if taken.rowcount == 1:  # type: ignore[attr-defined]
                     self._told_held = None
                     return True
                 state = session.get(MailboxState, key)
                 if state is None:
-                    session.add(MailboxState(key=key, held_by=self.holder,
-                                             held_until=now + self.lease, updated_at=now))
+                    session.add(MailboxState(key=key, updated_at=now,
+                                             **MAILBOXES.take(self.holder, now + self.lease)))
                     self._told_held = None
                     return True
                 holder, until = state.held_by, state.held_until
@@ -285,8 +283,8 @@ class ImapFetcher:
                 session.execute(
                     update(MailboxState)
                     .where(col(MailboxState.key) == self.box.key,
-                           col(MailboxState.held_by) == self.holder)
-                    .values(held_until=None)
+                           MAILBOXES.held_by(self.holder))
+                    .values(MAILBOXES.let_go())
                 )
         except Exception:  # stopping anyway: the lease runs out on its own
             log.warning("%s: could not release the mailbox", self.box.key, exc_info=True)
@@ -320,10 +318,9 @@ class ImapFetcher:
         with transaction(self.engine) as session:
             done = session.execute(
                 update(MailboxState)
-                .where(col(MailboxState.key) == self.box.key,
-                       col(MailboxState.held_by) == self.holder)
+                .where(col(MailboxState.key) == self.box.key, MAILBOXES.held_by(self.holder))
                 .values(uidvalidity=uidvalidity, last_uid=uid, updated_at=now,
-                        held_until=now + self.lease)
+                        **MAILBOXES.take(self.holder, now + self.lease))
             )
             if done.rowcount != 1:  # type: ignore[attr-defined]
                 log.warning("%s: uid %d done, but another fetcher took the mailbox "

@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, or_, update
+from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, select
 
 from mailgate.backoff import backoff
@@ -24,6 +24,7 @@ from ticketing.blobs import BlobStore
 from ticketing.clock import Clock
 from ticketing.db import StorageError, transaction
 from ticketing.desk import Desk
+from ticketing.leases import OUTBOX, holder_name
 from ticketing.models import Outbox
 from ticketing.ratelimit import mark_bouncing
 from ticketing.settings import OutboundSettings
@@ -273,8 +274,7 @@ def mail_backoff(attempts: int, base: float = _BASE_DELAY) -> timedelta:
 
 
 def _due(now: Any) -> Any:
-    return (col(Outbox.status) == "pending", col(Outbox.next_attempt_at) <= now,
-            or_(col(Outbox.claimed_until).is_(None), col(Outbox.claimed_until) < now))
+    return (col(Outbox.status) == "pending", col(Outbox.next_attempt_at) <= now, OUTBOX.free(now))
 
 
 # Built once: the worker runs them for every mail. The next due row, skipping rows
@@ -286,21 +286,21 @@ _NEXT_DUE = (
 )
 _CLAIM = (
     update(Outbox).where(col(Outbox.id) == _NEXT_DUE, *_due(bindparam("now")))
-    .values(claimed_by=bindparam("worker"), claimed_until=bindparam("until"))
+    .values(OUTBOX.take(bindparam("worker"), bindparam("until")))
     .returning(Outbox)
 )
 _SENT = (
     update(Outbox)
-    .where(col(Outbox.id) == bindparam("row"), col(Outbox.claimed_by) == bindparam("worker"))
-    .values(status="sent", attempts=Outbox.attempts + 1, claimed_until=None,
-            sent_at=bindparam("now"), last_error="")
+    .where(col(Outbox.id) == bindparam("row"), OUTBOX.held_by(bindparam("worker")))
+    .values(status="sent", attempts=Outbox.attempts + 1, sent_at=bindparam("now"), last_error="",
+            **OUTBOX.let_go())
 )
 
 _SENT_LATE = (
     update(Outbox)
     .where(col(Outbox.id) == bindparam("row"), col(Outbox.status) == "pending")
-    .values(status="sent", attempts=Outbox.attempts + 1, claimed_until=None,
-            sent_at=bindparam("now"), last_error="")
+    .values(status="sent", attempts=Outbox.attempts + 1, sent_at=bindparam("now"), last_error="",
+            **OUTBOX.let_go())
 )
 
 
@@ -340,7 +340,7 @@ def _claim(session: Session, desk: Desk, worker: str) -> Outbox | None:
 
 def claim_next(desk: Desk, worker: str) -> Outbox | None:
     with transaction(desk.engine) as session:
-        return _claim(session, desk, worker)
+        return _claim(session, desk, holder_name(worker))
 
 
 def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
@@ -356,6 +356,7 @@ def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
     the caller passes again: those are recorded first once the database is back, so the
     mail is not sent a second time when its lease runs out.
     """
+    worker = holder_name(worker)
     kept = unrecorded if unrecorded is not None else []
     sent = 0
     previous: Attempt | None = None
@@ -439,7 +440,7 @@ def _record(session: Session, desk: Desk, attempt: Attempt, worker: str,
     settings = desk.settings.outbound
     label = f"[#{row.ticket_id or '-'}] <{row.message_id}>"
     stored.attempts += 1
-    stored.claimed_until = None
+    OUTBOX.let_go_of(stored)
     refused = attempt.sent.refused if attempt.sent else attempt.refused
     for address in refused:
         mark_bouncing(session, address, attempt.error or "refused by the relay", now)
@@ -472,13 +473,12 @@ def retry_now(desk: Desk, outbox_id: int | None, clock: Clock | None = None,
     now = (clock or desk.clock).now()
     with transaction(desk.engine) as session:
         # A mail a worker holds right now is left to it: retrying it would send it twice.
-        query = update(Outbox).where(
-            col(Outbox.status).in_(("pending", "failed")),
-            or_(col(Outbox.claimed_until).is_(None), col(Outbox.claimed_until) < now))
+        query = update(Outbox).where(col(Outbox.status).in_(("pending", "failed")),
+                                     OUTBOX.free(now))
         if outbox_id is not None:
             query = query.where(col(Outbox.id) == outbox_id)
         retried = session.execute(
-            query.values(status="pending", next_attempt_at=now, claimed_until=None)
+            query.values(status="pending", next_attempt_at=now, **OUTBOX.let_go())
             .returning(col(Outbox.id), col(Outbox.ticket_id), col(Outbox.kind),
                        col(Outbox.attempts))
         ).all()

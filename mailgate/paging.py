@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +22,7 @@ from ticketing.audit import SYSTEM, Actor, record
 from ticketing.clock import Clock
 from ticketing.compose import Templates
 from ticketing.db import StorageError, transaction
+from ticketing.leases import PAGES, holder_name, this_process
 from ticketing.models import Page, PageAttempt
 from ticketing.notifications import page_not_delivered
 from ticketing.settings import Settings
@@ -88,7 +87,7 @@ def _claimable(now: datetime) -> list[Any]:
     return [
         col(Page.status) == "pending",
         col(Page.next_attempt_at) <= now,
-        or_(col(Page.claimed_until).is_(None), col(Page.claimed_until) <= now),
+        PAGES.free(now),
         or_(col(Page.action) == "trigger", ~trigger_pending),
     ]
 
@@ -116,7 +115,7 @@ def _claim_next(
             claimed = session.exec(
                 update(Page)
                 .where(col(Page.id) == page_id, *_claimable(now))
-                .values(claimed_by=worker, claimed_until=now + lease)
+                .values(PAGES.take(worker, now + lease))
             )
             if claimed.rowcount == 1:
                 page = session.get_one(Page, page_id)
@@ -141,7 +140,7 @@ def _record(
             return
         if outcome.ok:
             page.status, page.delivered_at, page.last_error = "delivered", now, ""
-            page.claimed_by, page.claimed_until = "", None
+            PAGES.let_go_of(page)
             record(session, page.ticket_id, "page", new=f"{page.action} delivered ({page.hook})",
                    detail=outcome.detail, actor=SYSTEM, route="system", now=now)
             log.info("%s delivered on attempt %d: %s", label, page.attempts, outcome.detail)
@@ -151,7 +150,8 @@ def _record(
             log.warning("%s: %s, and the claim has passed to %s", label, outcome.detail,
                         page.claimed_by)
             return
-        page.claimed_by, page.claimed_until, page.last_error = "", None, outcome.detail
+        PAGES.let_go_of(page)
+        page.last_error = outcome.detail
         if not outcome.retry or now >= page.give_up_at:
             page.status = "gave_up"
             what = "ON-CALL NOT PAGED" if page.action == "trigger" else "PAGE NOT RESOLVED"
@@ -190,7 +190,7 @@ def send_due_pages(
     """
     hooks = hooks_for(settings.oncall) if hooks is None else hooks
     rng = rng or random.Random()
-    worker = worker[:100]  # the width of Page.claimed_by
+    worker = holder_name(worker)
     lease = _lease(settings)
     seen: set[int] = set()
     tried = 0
@@ -214,10 +214,6 @@ def send_due_pages(
     return tried
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 async def run_paging(
     engine: Engine,
     settings: Settings,
@@ -229,7 +225,7 @@ async def run_paging(
     interval: float = 5.0,
 ) -> None:
     """Deliver pages until stop is set; wake (set after a commit that paged) starts a pass now."""
-    name = worker or worker_name()
+    name = worker or this_process()
     while not stop.is_set():
         wake.clear()
         try:
@@ -259,7 +255,7 @@ def retry_page(
                detail=f"page {page.id} due again after {page.attempts} attempt(s)",
                actor=by.address, actor_name=by.name, route=by.route, now=now)
         page.status, page.next_attempt_at = "pending", now
-        page.claimed_by, page.claimed_until = "", None
+        PAGES.let_go_of(page)
         page.give_up_at = now + window if window is not None else max(page.give_up_at, now)
         session.add(page)
         log.info("[#%d] page %d (%s %s) due again, by %s via %s", page.ticket_id, page.id,

@@ -13,11 +13,12 @@ from datetime import timedelta
 from typing import Any
 
 from mailgate.outbound import Attempt, Transport, send_due, transport_for
-from mailgate.paging import run_paging, worker_name
+from mailgate.paging import run_paging
 from mailgate.waiting import first_of
 from ticketing.blobs import clean_temporary
 from ticketing.db import StorageError
 from ticketing.desk import Desk
+from ticketing.leases import this_process
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) 
     """Send due mail as soon as a commit queues it, and check every second for retries;
     return as soon as stop is set (a pass under way finishes first)."""
     transport = transport_for(desk)
-    worker = worker_name()
+    worker = this_process()
     loop = asyncio.get_running_loop()
     unrecorded: list[Attempt] = []  # sent while the database was away: recorded when back
     last_sent = time.monotonic()
