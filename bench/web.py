@@ -28,6 +28,8 @@ from pathlib import Path
 
 from ingest import free_port, wait_listening
 
+from ticketing.ingest import ingest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 MAILGATE = [sys.executable, "-m", "mailgate.cli"]
@@ -66,11 +68,11 @@ def fill(config: Path, tickets: int) -> int:
     first = ""
     for i in range(tickets):
         raw = mail(i, f"[S{i % 4}] Request number {i}")
-        desk.ingest(Inbound(raw, "pipe", CUSTOMER, ("support@example.com",)))
+        ingest(desk, Inbound(raw, "pipe", CUSTOMER, ("support@example.com",)))
         if i == tickets // 2:
             first = email.message_from_bytes(raw)["Message-ID"]
     for j in range(9):
-        desk.ingest(Inbound(mail(tickets + j, f"Re: Request number {tickets // 2}", first),
+        ingest(desk, Inbound(mail(tickets + j, f"Re: Request number {tickets // 2}", first),
                             "pipe", CUSTOMER, ("support@example.com",)))
     print(f"filled {tickets} tickets in {time.perf_counter() - started:.1f} s")
     desk.engine.dispose()

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from mailgate import exitcodes
@@ -241,12 +242,14 @@ def cmd_fetch(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
     from mailgate.imap import ImapFetcher
+    from ticketing.ingest import ingest
 
     if not settings.imap:
         print("mailgate fetch: no [[imap]] mailbox configured", file=sys.stderr)
         return exitcodes.EX_CONFIG
     desk = _desk(settings)
-    fetchers = [ImapFetcher(box, desk.engine, desk.ingest, desk.clock) for box in settings.imap]
+    fetchers = [ImapFetcher(box, desk.engine, partial(ingest, desk), desk.clock)
+                for box in settings.imap]
     if args.once:
         total = 0
         for fetcher in fetchers:

@@ -112,7 +112,6 @@ class Monitor:
                                       "Web requests by route template.", ["route"],
                                       registry=self.registry)
         self.registry.register(QueueCollector(desk))
-        desk.on_ingest.append(self.ingested)
 
     def ingested(self, inbound: Inbound, outcome: Outcome, seconds: float) -> None:
         route = inbound.route.partition(":")[0]  # one series per kind of route

@@ -11,6 +11,7 @@ from ticketing.conversation import is_ours, is_postmaster
 from ticketing.db import StorageError
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound
+from ticketing.ingest import ingest
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def deliver(desk: Desk, stream: BinaryIO, recipient: str = "", sender: str = "")
         return EX_DATAERR
     inbound = Inbound(raw, "pipe", sender, (recipient,) if recipient else ())
     try:
-        outcome = desk.ingest(inbound)
+        outcome = ingest(desk, inbound)
     except StorageError as exc:
         print(f"mailgate deliver: storage fault, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL

@@ -9,7 +9,9 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from mailgate.outbound import Attempt, Transport, send_due, transport_for
@@ -18,6 +20,7 @@ from mailgate.waiting import first_of
 from ticketing.blobs import clean_temporary
 from ticketing.db import StorageError
 from ticketing.desk import Desk
+from ticketing.ingest import ingest
 from ticketing.leases import this_process
 
 log = logging.getLogger(__name__)
@@ -124,7 +127,6 @@ async def serve(
         if pages:
             loop.call_soon_threadsafe(wake_pages.set)
 
-    desk.on_commit.append(wake)
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(signum, stop.set)
@@ -142,6 +144,8 @@ async def serve(
     from mailgate.web.server import listen, run_app, run_web
 
     monitor = Monitor(desk)
+    # This process's desk: each commit wakes the workers, each mail in is counted.
+    desk = replace(desk, wake=wake, observe=monitor.ingested)
     web_socket = None
     monitoring_socket = None
     if settings.monitoring.enabled:
@@ -190,7 +194,7 @@ async def serve(
         where = monitoring_socket.getsockname()
         log.info("monitoring on http://%s:%s/metrics", where[0], where[1])
     for box in settings.imap:
-        fetcher = ImapFetcher(box, desk.engine, desk.ingest, desk.clock)
+        fetcher = ImapFetcher(box, desk.engine, partial(ingest, desk), desk.clock)
         tasks.append(asyncio.create_task(fetcher.run(stop), name=f"imap {box.key}"))
     if ready is not None:
         ready.set()
@@ -207,5 +211,4 @@ async def serve(
             await asyncio.wait_for(task, timeout=10)
         except (TimeoutError, asyncio.CancelledError):
             task.cancel()
-    desk.on_ingest.remove(monitor.ingested)
     log.info("stopped")

@@ -9,6 +9,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.dovecot import Dovecot, dovecot_server, running_dovecot  # noqa: F401
 from ticketing.clock import FixedClock
 from ticketing.db import StorageError, transaction
 from ticketing.inbound import Inbound, Outcome
+from ticketing.ingest import ingest
 from ticketing.models import MailboxState, Message, Ticket
 from ticketing.settings import ConfigError, ImapMailbox
 
@@ -407,7 +409,7 @@ def test_a_mailbox_message_becomes_a_ticket(
 
     desk = Desk.create(make_settings(tmp_path, database_url), engine=engine, clock=clock)
     append(dovecot, 1, 2)
-    fetcher = ImapFetcher(box_for(dovecot, move_to="Processed"), engine, desk.ingest, clock)
+    fetcher = ImapFetcher(box_for(dovecot, move_to="Processed"), engine, partial(ingest, desk), clock)
     try:
         assert fetcher.fetch_once() == 2
     finally:

@@ -16,7 +16,7 @@ from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound
-from ticketing.ingest import release
+from ticketing.ingest import ingest, release
 from ticketing.models import Account, Message, Ticket
 from ticketing.reports import list_inbound, show_ticket
 
@@ -364,7 +364,7 @@ def test_a_report_with_thousands_of_parts_is_filed_without_reading_them_all(
         'Content-Type: multipart/report; report-type=feedback-report; boundary="b"\r\n\r\n'
         f"{parts}--b--\r\n"
     ).encode()
-    outcome = desk.ingest(Inbound(raw, "smtp", "fbl@provider.test", ("support@example.com",)))
+    outcome = ingest(desk, Inbound(raw, "smtp", "fbl@provider.test", ("support@example.com",)))
     assert (outcome.status, outcome.detail) == ("classified", "auto_reply (feedback-report)")
     with transaction(desk.engine) as session:
         assert session.exec(select(Account).where(col(Account.bouncing_since).is_not(None))).all() == []

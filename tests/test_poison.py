@@ -6,6 +6,7 @@ import io
 import smtplib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import pytest
 from imapclient import IMAPClient
@@ -20,6 +21,7 @@ from tests.harness import send, serving
 from tests.servers import free_port
 from ticketing.db import transaction
 from ticketing.desk import Desk
+from ticketing.ingest import ingest
 from ticketing.models import Message, Quarantine, Ticket
 from ticketing.settings import ImapMailbox
 
@@ -76,7 +78,7 @@ def test_a_mail_with_70000_references_holds_up_no_mail_by_imap(
             client.append("INBOX", raw)
     box = ImapMailbox(host=dovecot.host, port=dovecot.port, user=dovecot.user,
                       password=dovecot.password, security="none", move_to="Done")
-    fetcher = ImapFetcher(box, desk.engine, desk.ingest, desk.clock)
+    fetcher = ImapFetcher(box, desk.engine, partial(ingest, desk), desk.clock)
     try:
         assert fetcher.fetch_once() == 4
         assert not fetcher.storage_fault
@@ -144,7 +146,7 @@ def test_a_mail_that_keeps_failing_holds_up_an_imap_folder_for_three_passes_only
             client.append("INBOX", raw)
     box = ImapMailbox(host=dovecot.host, port=dovecot.port, user=dovecot.user,
                       password=dovecot.password, security="none", move_to="Done")
-    fetcher = ImapFetcher(box, desk.engine, desk.ingest, desk.clock)
+    fetcher = ImapFetcher(box, desk.engine, partial(ingest, desk), desk.clock)
     with _refusing(desk, "Refused by the database"):
         try:
             # Two passes stop at it, as at any storage fault; the third quarantines it.

@@ -23,6 +23,7 @@ from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound
+from ticketing.ingest import ingest
 from ticketing.models import Account, Outbox
 
 ALICE = "alice@example.com"
@@ -111,7 +112,7 @@ def _requests(desk: Desk, senders: list[str]) -> None:
     """Requests as the SMTP listener hands them to ingest: each queues its confirmation."""
     for sender in senders:
         raw = request("Exports are slow", "Exports take ten minutes.", sender=sender).as_bytes()
-        outcome = desk.ingest(Inbound(raw, "smtp", sender, ("support@example.com",)))
+        outcome = ingest(desk, Inbound(raw, "smtp", sender, ("support@example.com",)))
         assert outcome.status == "new_ticket", outcome
 
 

@@ -20,6 +20,7 @@ from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound
+from ticketing.ingest import ingest
 from ticketing.models import Account, Outbox
 from ticketing.ratelimit import mark_bouncing
 from ticketing.settings import load_settings
@@ -60,7 +61,7 @@ def _open_tickets(desk: Desk) -> None:
     for n, sender in enumerate(CUSTOMERS):
         raw = request(f"Exports are slow {n}", "Exports take ten minutes.", sender=sender,
                       cc=DAVE if n == 0 else "").as_bytes()
-        outcome = desk.ingest(Inbound(raw, "smtp", sender, ("support@example.com",)))
+        outcome = ingest(desk, Inbound(raw, "smtp", sender, ("support@example.com",)))
         assert outcome.status == "new_ticket", outcome
 
 

@@ -29,6 +29,7 @@ from ticketing.clock import FixedClock
 from ticketing.db import StorageError, make_engine, transaction
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound
+from ticketing.ingest import ingest
 from ticketing.models import Outbox, Ticket
 
 LEASE = 300
@@ -87,7 +88,7 @@ def test_a_send_the_database_could_not_record_is_recorded_when_it_is_back_not_se
     try:
         for n in range(3):
             raw = request(f"Request {n}", "Please.", sender=f"c{n}@customer.test").as_bytes()
-            assert desk.ingest(Inbound(raw, "smtp", "", ("support@example.com",))).ticket
+            assert ingest(desk, Inbound(raw, "smtp", "", ("support@example.com",))).ticket
         kept: list[Attempt] = []
         transport = CuttingRelay(RelayTransport(desk.settings.outbound),
                                  lambda: switch(True))

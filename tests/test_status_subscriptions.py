@@ -29,6 +29,7 @@ from ticketing.desk import Desk
 from ticketing.inbound import Inbound
 from ticketing.incident_mail import publish
 from ticketing.incidents import attach, open_incident, post_update
+from ticketing.ingest import ingest
 from ticketing.models import Incident, Message, Outbox, StatusSubscriber, Ticket
 from ticketing.ratelimit import mark_bouncing
 from ticketing.returnpath import outbox_id_of
@@ -408,7 +409,7 @@ def test_updates_leave_out_bouncing_machine_and_over_limit_readers_and_use_no_ro
         sent = session.exec(select(Outbox.recipients).where(Outbox.kind == "status_update")).all()
     assert sorted(json.loads(r)[0] for r in sent) == sorted(readers[1:] * 2)
     # The customers' confirmations still have all the room of the hourly ceiling.
-    outcome = desk.ingest(Inbound(request("Dashboard down", "Nothing loads.").as_bytes(),
+    outcome = ingest(desk, Inbound(request("Dashboard down", "Nothing loads.").as_bytes(),
                                   "pipe", "carol@customer.test", ("support@example.com",)))
     assert outcome.ticket == 1
     with transaction(desk.engine) as session:

@@ -26,7 +26,7 @@ from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound
-from ticketing.ingest import quarantine
+from ticketing.ingest import ingest, quarantine
 from ticketing.models import Message, Outbox, Page, Quarantine, TicketEvent
 from ticketing.settings import load_settings
 
@@ -303,7 +303,7 @@ def test_a_retry_from_the_cli_is_on_the_tickets_history_as_well(
         assert run(config, "init").returncode == 0
         desk = Desk.create(load_settings(str(config)))
         raw = request("Exports are slow", "Exports take ten minutes.").as_bytes()
-        assert desk.ingest(Inbound(raw, "smtp", CAROL, ("support@example.com",))).ticket == 1
+        assert ingest(desk, Inbound(raw, "smtp", CAROL, ("support@example.com",))).ticket == 1
         send_due(desk, RelayTransport(desk.settings.outbound), "machine-a")
         assert _to_carol(desk).status == "failed"
         retried = run(config, "outbox", "retry", "--all")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
@@ -20,20 +20,31 @@ from ticketing.settings import Settings, ensure_secret
 log = logging.getLogger(__name__)
 
 
-@dataclass
+def _nobody_to_wake(pages: bool) -> None:
+    pass
+
+
+def _nobody_counts(inbound: Inbound, outcome: Outcome, seconds: float) -> None:
+    pass
+
+
+@dataclass(frozen=True)
 class Desk:
+    """What every part of the desk works with. Built once; a process that runs workers
+    (serve) makes its own copy with `wake` and `observe` set, by dataclasses.replace."""
+
     settings: Settings
     engine: Engine
     clock: Clock
     blobs: BlobStore
     templates: Templates
-    # Called after each commit that queued mail (and whether it queued pages too), so
-    # the workers start at once.
-    on_commit: list[Callable[[bool], None]] = field(default_factory=list)
     # Where DKIM keys are looked up (agents.trust = "dkim"); None: the system's DNS.
     txt_lookup: TxtLookup | None = None
+    # Called after each commit that queued mail (and whether it queued pages too), so
+    # the workers start at once.
+    wake: Callable[[bool], None] = _nobody_to_wake
     # Told of every mail ingested: how it came, what became of it, the seconds it took.
-    on_ingest: list[Callable[[Inbound, Outcome, float], None]] = field(default_factory=list)
+    observe: Callable[[Inbound, Outcome, float], None] = _nobody_counts
 
     @classmethod
     def create(
@@ -51,25 +62,15 @@ class Desk:
             txt_lookup=txt_lookup,
         )
 
-    def ingest(self, inbound: Inbound) -> Outcome:
-        from ticketing.ingest import ingest
-
-        started = time.monotonic()
-        outcome = ingest(self, inbound)
-        self.ingested(inbound, outcome, started)
-        return outcome
-
     def ingested(self, inbound: Inbound, outcome: Outcome, started: float) -> None:
-        """Tell on_ingest of a mail ingested since `started` (time.monotonic())."""
-        for callback in self.on_ingest:
-            try:
-                callback(inbound, outcome, time.monotonic() - started)
-            except Exception:  # counting must never undo an acknowledged mail
-                log.exception("<%s> counting the ingested mail failed", outcome.message)
+        """Tell the observer of a mail ingested since `started` (time.monotonic())."""
+        try:
+            self.observe(inbound, outcome, time.monotonic() - started)
+        except Exception:  # counting must never undo an acknowledged mail
+            log.exception("<%s> counting the ingested mail failed", outcome.message)
 
     def committed(self, pages: bool) -> None:
-        for callback in self.on_commit:
-            try:
-                callback(pages)
-            except Exception:  # a wake-up that fails must not undo an acknowledged mail
-                log.exception("wake-up after commit failed")
+        try:
+            self.wake(pages)
+        except Exception:  # a wake-up that fails must not undo an acknowledged mail
+            log.exception("wake-up after commit failed")

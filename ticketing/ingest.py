@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import traceback
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -118,6 +119,16 @@ def stored(desk: Desk, prepared: Prepared, outcome: Outcome) -> None:
 
 
 def ingest(desk: Desk, inbound: Inbound) -> Outcome:
+    """The one entry for every edge but SMTP (which stores mails in batches, through
+    prepare and ticketing.groupcommit): store one mail, and tell the desk's observer how
+    it went and how long it took."""
+    started = time.monotonic()
+    outcome = _ingest(desk, inbound)
+    desk.ingested(inbound, outcome, started)
+    return outcome
+
+
+def _ingest(desk: Desk, inbound: Inbound) -> Outcome:
     """Store one mail and everything it causes, or raise StorageError (a temporary failure).
 
     Any other fault (a parser crash, a bug) keeps the mail whole in the quarantine, so it
@@ -286,7 +297,7 @@ def replay(desk: Desk, quarantine_id: int) -> Outcome:
         envelope = json.loads(row.envelope)
         raw = desk.blobs.get(row.raw_sha256)
         route = row.route
-    outcome = ingest(
+    outcome = _ingest(
         desk,
         Inbound(raw, route, envelope.get("sender", ""), tuple(envelope.get("recipients", ())),
                 bool(envelope.get("authenticated")), str(envelope.get("peer", ""))),

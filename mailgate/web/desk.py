@@ -19,6 +19,7 @@ from mailgate.web.helpdesk import EXPIRED
 from mailgate.web.pages import (
     Endpoint,
     Posted,
+    agent_signed_in,
     current_account,
     file_download,
     in_thread,
@@ -33,16 +34,12 @@ from ticketing.commands import STATUSES
 from ticketing.conversation import reply_address, subject_tag
 from ticketing.db import StorageError, transaction
 from ticketing.desk import Desk
+from ticketing.ingest import ingest
 from ticketing.models import Account, Ticket
 from ticketing.portal import Person, ticket_view
-from ticketing.queueview import QueueFilter, QueueLine, is_agent, queue
+from ticketing.queueview import QueueFilter, QueueLine, queue
 from ticketing.reports import file_on_ticket, page_history, show_ticket
 from ticketing.severity import Severity
-
-
-def agent_signed_in(desk: Desk, address: str) -> bool:
-    with transaction(desk.engine) as session:
-        return is_agent(session, desk.settings, address)
 
 
 def agents_only(endpoint: Endpoint) -> Endpoint:
@@ -224,7 +221,7 @@ async def act(request: Request) -> Response:
     loop = asyncio.get_running_loop()
     web = web_of(request)
     try:
-        outcome = await loop.run_in_executor(web.ingest_executor, desk.ingest, inbound)
+        outcome = await loop.run_in_executor(web.ingest_executor, ingest, desk, inbound)
     except StorageError:
         return await _show(request, 503, "The change could not be stored just now; nothing "
                            "was done. Please send it again in a minute.", text, nonce)

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from mailgate.web.pages import (
     Posted,
+    agent_signed_in,
     current_account,
     file_download,
     in_thread,
@@ -31,6 +32,7 @@ from ticketing.db import StorageError, transaction
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound, Outcome
 from ticketing.incidents import open_incidents
+from ticketing.ingest import ingest
 from ticketing.models import Account
 from ticketing.portal import TicketView, attachment_for, my_tickets, ticket_for, ticket_view
 from ticketing.severity import MEANINGS, Severity
@@ -60,13 +62,11 @@ async def _ingest(request: Request, inbound: Inbound) -> Outcome:
     """The one ingest path, in the same worker threads the mail edges use."""
     web = web_of(request)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(web.ingest_executor, web.desk.ingest, inbound)
+    return await loop.run_in_executor(web.ingest_executor, ingest, web.desk, inbound)
 
 
 async def home(request: Request) -> Response:
     """Customers to their requests, agents to the Queue, anyone else to sign in."""
-    from mailgate.web.desk import agent_signed_in
-
     account = await current_account(request)
     if account is None:
         return redirect("/sign-in")
@@ -86,8 +86,6 @@ def _mine(desk: Desk, address: str, page: int) -> list[Any]:
 @signed_in
 async def my_requests(request: Request) -> Response:
     account: Account = request.state.account
-    from mailgate.web.desk import agent_signed_in
-
     if await in_thread(agent_signed_in, web_of(request).desk, account.address):
         return redirect("/desk")  # an agent's home is the Queue
     page = request.query_params.get("page", "0")

@@ -29,6 +29,7 @@ from mailgate.web.submission import Upload
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.models import Account
+from ticketing.queueview import is_agent
 from ticketing.roles import role_of
 from ticketing.websessions import session_account
 
@@ -191,3 +192,9 @@ def signed_in(endpoint: Endpoint) -> Endpoint:
         return await endpoint(request)
 
     return wrapper
+
+
+def agent_signed_in(desk: Desk, address: str) -> bool:
+    """Whether the signed-in address is an agent's (agents see the desk, not My requests)."""
+    with transaction(desk.engine) as session:
+        return is_agent(session, desk.settings, address)
