@@ -8,11 +8,11 @@ import email.policy
 import smtplib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, TypeVar
 
 from aiosmtpd.controller import Controller
 from sqlalchemy import Engine, or_
@@ -23,6 +23,8 @@ from ticketing.clock import Clock, SystemClock
 from ticketing.db import transaction
 from ticketing.desk import Desk
 from ticketing.models import Outbox, Page
+
+T = TypeVar("T")
 
 # The desks whose `serve` runs now in this process (see serving()).
 _serving: list[Desk] = []
@@ -169,6 +171,26 @@ class Relay:
                 return self.received
             last = count
             time.sleep(quiet)
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run in a thread of its own: the browser tests' driver keeps an event loop
+    marked as running in the main thread for the whole session, where asyncio.run refuses."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(asyncio.run(coroutine))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="scenario")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from sqlmodel import Session, func, select
 
 from mailgate.imap import ImapFetcher, mailbox_password, message_id, oauth2_token
 from tests.conftest import make_settings
+from tests.harness import run_coroutine
 from tests.dovecot import Dovecot, dovecot_server, running_dovecot  # noqa: F401 - fixture
 from ticketing.clock import FixedClock
 from ticketing.db import StorageError, transaction
@@ -300,7 +301,7 @@ def test_idle_delivers_a_new_message_within_seconds(
             stop.set()
             await asyncio.wait_for(task, 10)
 
-    appended, elapsed = asyncio.run(scenario())
+    appended, elapsed = run_coroutine(scenario())
     print(f"\nIDLE: APPEND took {appended:.3f} s; handed to ingest {elapsed:.3f} s after it began")
     assert ingest.calls == [mid(1), mid(2)]
     assert sorted(contents(dovecot, "Processed")) == [mid(1), mid(2)]
@@ -331,7 +332,7 @@ def test_run_reconnects_after_the_server_restarts(
             await asyncio.wait_for(task, 10)
 
     with caplog.at_level(logging.WARNING, logger="mailgate.imap"):
-        elapsed = asyncio.run(scenario())
+        elapsed = run_coroutine(scenario())
     print(f"after the restart: the new message ingested in {elapsed:.3f} s")
     assert ingest.calls == [mid(1), mid(2)]
     assert sorted(contents(dovecot, "Processed")) == [mid(1), mid(2)]
@@ -365,7 +366,7 @@ def test_without_idle_it_polls_and_without_move_it_copies_and_expunges(
         with imap(server) as client:
             assert not client.has_capability("MOVE")
             assert not client.has_capability("IDLE")
-        asyncio.run(scenario())
+        run_coroutine(scenario())
         assert contents(server, "INBOX") == {}
         assert sorted(contents(server, "Done")) == [mid(1), mid(2)]
         assert all(b"\\Deleted" not in f for f in contents(server, "Done").values())

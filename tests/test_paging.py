@@ -27,6 +27,7 @@ from mailgate.paging import (
     send_due_pages,
 )
 from tests.conftest import make_settings
+from tests.harness import run_coroutine
 from tests.servers import HttpServer, QuietHandler, free_port
 from ticketing.clock import FixedClock
 from ticketing.db import transaction
@@ -592,6 +593,6 @@ def test_the_paging_worker_delivers_and_wakes_on_demand(
         stop.set()
         await asyncio.wait_for(worker, 10)
 
-    asyncio.run(scenario())
+    run_coroutine(scenario())
 
     assert len(server.received) == 2
