@@ -215,7 +215,7 @@ def cmd_deliver(settings: Settings, args: argparse.Namespace) -> int:
         if not raw.strip():
             print("mailgate deliver: empty message on stdin", file=sys.stderr)
             return exitcodes.EX_DATAERR
-        code = hand_over(settings, raw, recipient, sender)
+        code = hand_over(settings.smtp.host, settings.smtp.port, raw, recipient, sender)
         if code is not None:
             return code
         return _deliver_here(settings, io.BytesIO(raw), args.recipient or "", sender)

@@ -213,7 +213,10 @@ def test_deliver_hands_the_mail_to_a_running_server(tmp_path: Path, database_url
     config = write_config(tmp_path, database_url, smtp=f"port = {port}",
                           outbound=f'relay = "{relay.address}"')
     assert run(config, "init").returncode == 0
-    raw = request("[S1] Through the pipe", "Postfix handed me over.").as_bytes()
+    # Bare LF line ends, as Postfix pipes a mail, and a line starting with a dot.
+    raw = request("[S1] Through the pipe",
+                  "Postfix handed me over.\n.profile is attached.\n").as_bytes()
+    assert b"\r\n" not in raw
     with serving_process(config) as process:
         result = run(config, "deliver", "--recipient", "support@example.com",
                      "--sender", "carol@customer.test", stdin=raw)
@@ -231,11 +234,14 @@ def test_deliver_hands_the_mail_to_a_running_server(tmp_path: Path, database_url
     assert again.returncode == 0, again.stderr
     imported = [line.rsplit(b"|", 1)[-1].strip() for line in again.stderr.splitlines()
                 if line.startswith(b"import time:")]
-    assert b"smtplib" in imported
-    assert not {b"sqlalchemy", b"ticketing.db", b"mailgate.cli", b"logging"} & set(imported)
+    assert b"mailgate.handoff" in imported
+    heavy = {b"sqlalchemy", b"ticketing.db", b"ticketing.settings", b"mailgate.cli", b"logging",
+             b"smtplib", b"ssl", b"email", b"argparse", b"dataclasses"}
+    assert not heavy & set(imported)
     shown = json.loads(run(config, "tickets", "show", "1", "--json").stdout)
     assert shown["subject"] == "Through the pipe"
     assert shown["messages"][0]["route"] == "pipe"
+    assert "\n.profile is attached." in shown["messages"][0]["text"]
     assert relay.received[0].rcpt_tos == ("carol@customer.test",)
 
 

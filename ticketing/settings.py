@@ -6,7 +6,6 @@ import ipaddress
 import os
 import re
 import secrets
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -14,14 +13,20 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing or wrong; the message names the key."""
+from ticketing.config_file import (
+    MAX_MESSAGE_SIZE,
+    SMTP_HOST,
+    SMTP_PORT,
+    SUPPORT_ADDRESS,
+    config_path,
+    read_config,
+)
+from ticketing.config_file import ConfigError as ConfigError  # raised by every check here
 
 
 @dataclass(frozen=True)
 class SupportSettings:
-    address: str = "support@localhost"
+    address: str = SUPPORT_ADDRESS
     name: str = "Support"
     status_page: str = ""  # none: our mails name no status page
     secret: str = ""
@@ -49,9 +54,9 @@ class SupportSettings:
 
 @dataclass(frozen=True)
 class SmtpSettings:
-    host: str = "127.0.0.1"
-    port: int = 2525
-    max_message_size: int = 33_554_432
+    host: str = SMTP_HOST
+    port: int = SMTP_PORT
+    max_message_size: int = MAX_MESSAGE_SIZE
     max_recipients: int = 100
     timeout: int = 60
     max_connections_per_client: int = 20
@@ -266,17 +271,6 @@ _SECTIONS: dict[str, type] = {
     "status": StatusSettings,
 }
 
-# Environment variables that override secrets and the usual deployment knobs.
-ENVIRONMENT = {
-    "MAILGATE_SECRET": ("support", "secret"),
-    "MAILGATE_DATABASE_URL": ("database", "url"),
-    "MAILGATE_STORAGE_PATH": ("storage", "path"),
-    "MAILGATE_RELAY_PASSWORD": ("outbound", "password"),
-    "MAILGATE_WEBHOOK_SECRET": ("oncall.webhook", "secret"),
-    "MAILGATE_PAGERDUTY_ROUTING_KEY": ("oncall.pagerduty", "routing_key"),
-}
-
-
 def _coerce(key: str, expected: Any, value: Any) -> Any:
     """Turn a TOML value into the field's type, or raise naming the key."""
     if isinstance(expected, bool):
@@ -334,29 +328,12 @@ def _check_address(key: str, value: str) -> None:
         raise ConfigError(f"{key}: not a mail address: {value!r}")
 
 
-def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    for variable, (section, key) in ENVIRONMENT.items():
-        if env.get(variable):
-            table = data
-            for part in section.split("."):
-                table = table.setdefault(part, {})
-            table[key] = env[variable]
-
-
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read the TOML file (or nothing) and the environment into Settings."""
     env = os.environ if env is None else env
-    path = path or env.get("MAILGATE_CONFIG") or None
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    _apply_environment(data, env)
-    return settings_from_mapping(data, base=Path(path).parent if path else None)
+    chosen = config_path(path, env)
+    data = read_config(chosen, env)
+    return settings_from_mapping(data, base=Path(chosen).parent if chosen else None)
 
 
 def settings_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> Settings:
