@@ -5,6 +5,7 @@ Mails that arrive together are committed together (mailgate/commitqueue.py)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import ssl
 from collections import Counter
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from mailgate.commitqueue import CommitQueue
 from mailgate.handoff import HELO_NAME
@@ -137,6 +138,72 @@ class GuardedSMTP(SMTP):
             self._reset_timeout()
             return
         super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        # aiosmtpd keeps every line of a mail as an object of its own and joins them at
+        # the end: three to four times a large mail's size at once. Here each line goes
+        # into one growing buffer as it comes, and that buffer becomes the mail.
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert envelope is not None
+        if not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        mail = io.BytesIO()
+        refusal = await self._receive(mail)
+        if refusal is None:
+            return  # the connection is gone before the end of the mail
+        if refusal:
+            await self.push(refusal)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        raw = mail.getvalue()  # the buffer itself, no copy
+        del mail
+        envelope.original_content = raw
+        envelope.content = raw.decode("utf-8", "surrogateescape") if self._decode_data else raw
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _receive(self, mail: io.BytesIO) -> str | None:
+        """Read the mail up to the line holding one dot, dots doubled at a line's start
+        undone (RFC 5321 4.5.2). Returns the refusal to answer once the whole mail is in
+        (552 past the size limit, 500 for a line longer than the reader holds), '' for
+        none, None when the connection closed first."""
+        limit = self.data_size_limit
+        refusal = ""
+        size = 0
+        line_start = True
+        while self.transport is not None:
+            try:
+                piece = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                refusal = refusal or "500 Line too long (see RFC5321 4.5.3.1.6)"
+                piece = await self._reader.read(exc.consumed)
+            except asyncio.CancelledError:
+                self._writer.close()
+                raise
+            if line_start and piece == b".\r\n":
+                return refusal
+            size += len(piece)
+            if limit and size > limit:
+                refusal = refusal or "552 Error: Too much mail data"
+            if refusal:
+                if mail.tell():
+                    mail.seek(0)
+                    mail.truncate()  # nothing of a refused mail is kept while the rest comes
+            elif line_start and piece.startswith(b"."):
+                mail.write(memoryview(piece)[1:])
+            else:
+                mail.write(piece)
+            line_start = piece.endswith(b"\r\n")
+        return None
 
     def _count(self, step: int) -> None:
         if (step > 0) == self._counted:

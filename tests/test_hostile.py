@@ -465,3 +465,46 @@ def test_generated_hostile_mime_trees_get_a_clear_outcome(desk: Desk) -> None:
 
         check()
         _server_still_works(port, desk)
+
+
+def test_a_10_mib_attachment_over_smtp_arrives_whole(desk: Desk) -> None:
+    payload = hashlib.sha256(b"noise").digest() + bytes(itertools.islice(
+        itertools.cycle(range(256)), 10 * 2**20 - 7))  # every byte value, no round size
+    message = request("[S2] crash dump", "The dump is attached.\n.profile was\n..and this\n")
+    message.add_attachment(payload, maintype="application", subtype="octet-stream",
+                           filename="core.dump")
+    raw = message.as_bytes(policy=email.policy.SMTP)
+    with serving(desk) as port:
+        code, reply = transmit(port, raw)
+    assert code == 250, reply
+    row = stored_row(desk, raw)  # found by the SHA-256 of the mail as sent
+    assert row is not None and row.ticket_id is not None
+    assert "\n.profile was\n..and this" in row.full_text
+    (stored,) = attachments_of(desk, row)
+    assert (stored.filename, stored.size) == ("core.dump", len(payload))
+    assert stored.sha256 == hashlib.sha256(payload).hexdigest()
+    assert hashlib.sha256(desk.blobs.get(stored.sha256)).digest() == hashlib.sha256(payload).digest()
+
+
+def test_too_much_data_or_a_line_too_long_is_refused_once_the_mail_is_in(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    desk = desks(smtp={"port": free_port(), "max_message_size": 200_000},
+                 outbound={"relay": relay.address})
+    too_much = request("too much", ("x" * 70 + "\n") * 3000).as_bytes()
+    too_long = crlf(f"""
+From: carol@customer.test
+To: support@example.com
+Subject: too long
+Message-ID: <too-long@customer.test>
+
+{"z" * (5 * 2**20)}
+""")
+    with serving(desk) as port:
+        # No SIZE declared: the listener finds out while the data comes.
+        assert transmit(port, too_much)[0] == 552
+        assert transmit(port, too_long)[0] == 500
+        code, reply = transmit(port, request("[S3] after those", "fine").as_bytes())
+    assert code == 250, reply
+    with transaction(desk.engine) as session:
+        assert [t.subject for t in session.exec(select(Ticket)).all()] == ["after those"]
