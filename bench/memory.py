@@ -69,7 +69,7 @@ def main() -> None:
             config.write_text(
                 f'[support]\naddress = "support@example.com"\nsecret = "bench"\n'
                 f'[storage]\npath = "{workdir / "data"}"\n'
-                f'[smtp]\nport = {serve_port}\n[web]\nenabled = false\n'
+                f'[smtp]\nport = {serve_port}\n[web]\nenabled = false\n[monitoring]\nenabled = false\n'
                 f'[outbound]\nrelay = "127.0.0.1:{relay_port}"\n'
             )
             env = dict(os.environ, PYTHONPATH=str(ROOT))

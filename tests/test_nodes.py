@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ from sqlalchemy import Engine, create_engine, text
 from tests.harness import Received, Relay, request, send, wait_until_sent
 from tests.servers import free_port
 from tests.test_cli import run, serving_process
+from tests.test_oncall_e2e import Pager
 
 SECRET = "shared-by-every-node"
 ALICE, BOB = "alice@example.com", "bob@example.com"
@@ -228,3 +230,34 @@ def test_an_answer_with_a_9_mb_file_to_20_readers_stores_one_copy_of_it(
     # per reader would be twenty times the raw mail.
     print(f"\nstored bytes grew by {grown / 2**20:.1f} MiB for a {len(raw) / 2**20:.1f} MiB mail")
     assert grown < 1.5 * (len(raw) + len(report))
+
+
+def test_two_nodes_serving_at_once_send_each_mail_and_each_page_once(
+    tmp_path: Path, database_url: str, engine: Engine, relay: Relay
+) -> None:
+    with Pager() as pager:
+        oncall = (f'[limits]\nper_recipient_per_hour = 0\n[oncall]\nmax_pages_per_sender = 0\nmax_pages_per_domain = 0\n'
+                  f'[oncall.webhook]\nurl = "{pager.url}"\nsecret = "paging"\n')
+        nodes = [node(tmp_path, name, database_url, relay=relay.address)
+                 for name in ("first", "second")]
+        for config in nodes:
+            config.write_text(config.read_text() + oncall)
+        assert run(nodes[0], "init").returncode == 0
+        mails = [request(f"[S{0 if n % 4 == 0 else 2}] Request {n}", "It broke.",
+                         sender=f"customer{n}@customer.test") for n in range(12)]
+        with serving_process(nodes[0]), serving_process(nodes[1]):
+            # Both take mail at once, each queueing work that either may send.
+            senders = [threading.Thread(target=lambda k=k: [
+                send(_port(nodes[k]), mail, sender=mail["From"]) for mail in mails[k::2]])
+                for k in (0, 1)]
+            for thread in senders:
+                thread.start()
+            for thread in senders:
+                thread.join()
+            wait_until_sent(engine, timeout=120)
+            pages = pager.wait_for(3)
+            received = relay.received
+    assert _kinds(nodes[0]) == Counter({"confirmation sent": 12, "new_ticket sent": 24})
+    assert len(received) == 36
+    assert Counter(r.message["Message-ID"] for r in received).most_common(1)[0][1] == 1
+    assert sorted(p["ticket"]["subject"] for p in pages) == ["Request 0", "Request 4", "Request 8"]
