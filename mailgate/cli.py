@@ -159,6 +159,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if problem is not None:
         # Mail taken in but never answered is worse than a server that does not start.
         raise ConfigError(f"{problem}; not starting")
+    from mailgate.heap import return_large_buffers
+
+    return_large_buffers()
     desk = _desk(settings, check_schema=False)
     _wait_for_database(desk)
     asyncio.run(serve(desk))
