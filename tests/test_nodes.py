@@ -236,7 +236,8 @@ def test_two_nodes_serving_at_once_send_each_mail_and_each_page_once(
     tmp_path: Path, database_url: str, engine: Engine, relay: Relay
 ) -> None:
     with Pager() as pager:
-        oncall = (f'[limits]\nper_recipient_per_hour = 0\n[oncall]\nmax_pages_per_sender = 0\nmax_pages_per_domain = 0\n'
+        oncall = ('[limits]\nper_recipient_per_hour = 0\n'
+                  '[oncall]\nmax_pages_per_sender = 0\nmax_pages_per_domain = 0\n'
                   f'[oncall.webhook]\nurl = "{pager.url}"\nsecret = "paging"\n')
         nodes = [node(tmp_path, name, database_url, relay=relay.address)
                  for name in ("first", "second")]

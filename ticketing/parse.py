@@ -242,7 +242,8 @@ def _payload_bytes(part: Message) -> bytes:
     if isinstance(payload, list):
         return b"\n".join(p.as_bytes(policy=email.policy.compat32) for p in payload
                           if isinstance(p, Message))
-    if isinstance(payload, str) and str(part.get("content-transfer-encoding", "")).strip().lower() == "base64":
+    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+    if isinstance(payload, str) and encoding == "base64":
         # Straight from the text: the stdlib makes three more copies of the part on the
         # way (bytes, its lines, joined), a lot for an attachment of many megabytes. What
         # this cannot read exactly as the stdlib does (missing padding, 8-bit bytes) it
