@@ -21,8 +21,8 @@ from sqlmodel import Session, func, select
 
 from mailgate.imap import ImapFetcher, mailbox_password, message_id, oauth2_token
 from tests.conftest import make_settings
-from tests.harness import run_coroutine
 from tests.dovecot import Dovecot, dovecot_server, running_dovecot  # noqa: F401 - fixture
+from tests.harness import run_coroutine
 from ticketing.clock import FixedClock
 from ticketing.db import StorageError, transaction
 from ticketing.inbound import Inbound, Outcome
