@@ -318,48 +318,32 @@ def _incident_text(incidents: list[dict[str, Any]]) -> str:
 
 def cmd_incidents(settings: Settings, args: argparse.Namespace) -> int:
     from ticketing.db import transaction
-    from ticketing.incident_mail import publish
-    from ticketing.incidents import (
-        IncidentError,
-        describe,
-        list_incidents,
-        open_incident,
-        post_update,
-    )
-    from ticketing.models import Incident
+    from ticketing.incident_mail import open_and_tell, update_and_tell
+    from ticketing.incidents import IncidentError, NoIncident, list_incidents
 
     desk = _desk(settings)
-    now = desk.clock.now()
     author = os.environ.get("USER", "") or "operator"
-    try:
+    if args.action == "list":
         with transaction(desk.engine) as session:
-            if args.action == "list":
-                _print(list_incidents(session), args.json, _incident_text)
-                return 0
-            if args.action == "open":
-                components = [c for c in (args.components or "").split(",") if c.strip()]
-                incident, posted = open_incident(
-                    session, args.title, components=components, state=args.state,
-                    message=args.message, author=author, now=now,
-                    known=settings.status.components)
-            else:
-                found = session.get(Incident, args.number)
-                if found is None:
-                    print(f"mailgate: no incident {args.number}", file=sys.stderr)
-                    return 1
-                incident = found
-                state = "resolved" if args.action == "resolve" else args.state
-                posted = post_update(session, incident, state=state,
-                                     message=args.message or "", author=author, now=now)
-            # Subscribers (and, when asked, the attached tickets) are told in the same
-            # transaction: an update is never kept without its mails.
-            told = publish(session, desk, incident, posted, now,
-                           tell_tickets=getattr(args, "tell_tickets", False))
-            shown = describe(session, incident)
+            _print(list_incidents(session), args.json, _incident_text)
+        return 0
+    try:
+        if args.action == "open":
+            components = [c for c in (args.components or "").split(",") if c.strip()]
+            shown, told = open_and_tell(desk, args.title, components=components,
+                                        state=args.state, message=args.message, author=author)
+        else:
+            shown, told = update_and_tell(
+                desk, args.number,
+                state="resolved" if args.action == "resolve" else args.state,
+                message=args.message or "", author=author,
+                tell_tickets=getattr(args, "tell_tickets", False))
+    except NoIncident as exc:
+        print(f"mailgate: {exc}", file=sys.stderr)
+        return 1
     except IncidentError as exc:
         print(f"mailgate: incidents {args.action}: {exc}", file=sys.stderr)
         return exitcodes.EX_USAGE
-    desk.committed(pages=False)
     print(f"incident {shown['number']}: {shown['state']}: {shown['title']}")
     print(f"mailed to {told.subscribers} subscriber(s)"
           + (f", {told.withheld} left out (bouncing or over their hourly limit)"

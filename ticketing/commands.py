@@ -79,7 +79,8 @@ def split_commands(text: str) -> tuple[Commands, str]:
                 errors.append(f"{line}: give 'me' or an agent's address")
         elif name == "incident":
             number = argument.removeprefix("#")
-            if number.isdigit() and int(number) > 0:
+            # A number past what an id column holds names no incident, never a query.
+            if number.isdigit() and len(number) <= 10 and 0 < int(number) < 2**31:
                 incident = int(number)
             else:
                 errors.append(f"{line}: give the incident's number, as in #incident 1")

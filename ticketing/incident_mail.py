@@ -1,5 +1,6 @@
 """What an incident update sends: one mail to each confirmed subscriber, and, when the
-operator asks on resolving it, one public answer on each ticket attached to it.
+operator asks on resolving it, one public answer on each ticket attached to it. Opening,
+updating and resolving, as the command line and the desk's pages do it, start here.
 
 All of it is written in the transaction that posts the update, so an update is never
 kept without its mails, nor mailed without being kept.
@@ -20,7 +21,16 @@ from sqlmodel import Session, col, select
 from ticketing.addresses import Address, is_machine_address
 from ticketing.compose import compose
 from ticketing.conversation import is_ours
-from ticketing.incidents import IncidentError, components_of, tickets_of
+from ticketing.db import transaction
+from ticketing.incidents import (
+    IncidentError,
+    NoIncident,
+    components_of,
+    describe,
+    open_incident,
+    post_update,
+    tickets_of,
+)
 from ticketing.models import (
     Account,
     AutoReplyLog,
@@ -211,3 +221,41 @@ def tell_attached_tickets(session: Session, desk: Desk, incident: Incident,
         log.info("incident %s resolved: told tickets %s", incident.id,
                  ", ".join(f"#{n}" for n in told))
     return told
+
+
+# --- Opening, updating and resolving, as the command line and the desk's pages do it ---
+
+
+def open_and_tell(
+    desk: Desk, title: str, *, components: list[str], state: str, message: str, author: str,
+) -> tuple[dict[str, Any], Told]:
+    """Open an incident and mail its subscribers, in one transaction."""
+    now = desk.clock.now()
+    with transaction(desk.engine) as session:
+        incident, posted = open_incident(
+            session, title, components=components, state=state, message=message,
+            author=author, now=now, known=desk.settings.status.components)
+        told = publish(session, desk, incident, posted, now)
+        shown = describe(session, incident)
+    desk.committed(pages=False)
+    return shown, told
+
+
+def update_and_tell(
+    desk: Desk, number: int, *, state: str | None, message: str, author: str,
+    tell_tickets: bool = False,
+) -> tuple[dict[str, Any], Told]:
+    """Post an update (state "resolved" resolves it) and send what it sends: subscribers
+    (and, when asked on resolving, the attached tickets) are told in the same
+    transaction, so an update is never kept without its mails."""
+    now = desk.clock.now()
+    with transaction(desk.engine) as session:
+        incident = session.get(Incident, number) if 0 < number < 2**62 else None
+        if incident is None:
+            raise NoIncident(f"no incident {number}")
+        posted = post_update(session, incident, state=state, message=message, author=author,
+                             now=now)
+        told = publish(session, desk, incident, posted, now, tell_tickets=tell_tickets)
+        shown = describe(session, incident)
+    desk.committed(pages=False)
+    return shown, told

@@ -17,6 +17,10 @@ class IncidentError(ValueError):
     """A request about incidents that cannot be done, in words for the operator."""
 
 
+class NoIncident(IncidentError):
+    """The incident asked for is not kept here."""
+
+
 def check_state(state: str) -> str:
     if state not in STATES:
         raise IncidentError(f"the state must be one of {', '.join(STATES)}, not {state!r}")
@@ -102,6 +106,14 @@ def open_incidents(session: Session) -> list[Incident]:
     ).all())
 
 
+def incidents_of(session: Session, ticket_id: int) -> list[Incident]:
+    """The incidents a ticket is attached to, oldest first."""
+    return list(session.exec(
+        select(Incident).join(IncidentTicket, col(IncidentTicket.incident_id) == Incident.id)
+        .where(IncidentTicket.ticket_id == ticket_id).order_by(col(Incident.id))
+    ).all())
+
+
 def updates_of(session: Session, incident_id: int) -> list[IncidentUpdate]:
     """Its updates, newest first."""
     return list(session.exec(
@@ -143,3 +155,4 @@ def list_incidents(session: Session, limit: int = 50) -> list[dict[str, Any]]:
         .limit(limit)
     ).all()
     return [describe(session, row) for row in rows]
+

@@ -34,6 +34,7 @@ from ticketing.commands import STATUSES
 from ticketing.conversation import reply_address, subject_tag
 from ticketing.db import StorageError, transaction
 from ticketing.desk import Desk
+from ticketing.incidents import incidents_of, open_incidents
 from ticketing.ingest import ingest
 from ticketing.models import Account, Ticket
 from ticketing.portal import Person, ticket_view
@@ -114,6 +115,8 @@ class Found:
     version: str
     people: list[Person]
     pages: list[dict[str, Any]]
+    attached: list[tuple[int, str]]  # the incidents it is attached to
+    attachable: list[tuple[int, str]]  # open incidents it may be attached to
 
 
 def _ticket(desk: Desk, number: int) -> Found | None:
@@ -124,8 +127,11 @@ def _ticket(desk: Desk, number: int) -> Found | None:
         shown = show_ticket(session, number)
         assert shown is not None
         view = ticket_view(session, desk.settings, ticket)
+        attached = [(i.id or 0, i.title) for i in incidents_of(session, number)]
+        attachable = [(i.id or 0, i.title) for i in open_incidents(session)
+                      if (i.id, i.title) not in attached]
         return Found(shown, view.root_message_id, version_of(ticket), view.people,
-                     page_history(session, number))
+                     page_history(session, number), attached, attachable)
 
 
 def version_of(ticket: Ticket) -> str:
@@ -146,7 +152,8 @@ async def _show(request: Request, status: int = 200, error: str = "", text: str 
     if found is None:
         raise HTTPException(404)
     return render(request, "desk/ticket.html", status, t=found.shown, version=found.version,
-                  people=found.people, pages=found.pages, error=error, text=text,
+                  people=found.people, pages=found.pages, attached=found.attached,
+                  attachable=found.attachable, error=error, text=text,
                   nonce=nonce or secrets.token_hex(16), statuses=STATUSES,
                   levels=sorted(Severity), quote=quote)
 
@@ -174,14 +181,17 @@ def _commands(form: Posted) -> str:
         address = "".join(form.text(name, 320).split())
         if address:
             lines.append(f"#{name} {address}")
+    incident = form.text("incident", 20).strip()
+    if incident.isdigit():
+        lines.append(f"#incident {int(incident)}")
     return "\n".join(lines)
 
 
 @agents_only
 async def act(request: Request) -> Response:
-    """Reply, note, status, severity, assign, follow and unfollow: sent as the agent's mail
-    with its command lines would be, through the one ingest, so mail and web change a
-    ticket the same way."""
+    """Reply, note, status, severity, assign, follow, unfollow and attaching to an incident:
+    sent as the agent's mail with its command lines would be, through the one ingest, so
+    mail and web change a ticket the same way."""
     account: Account = request.state.account
     desk = web_of(request).desk
     form, ours = await read_form(request)
@@ -205,6 +215,7 @@ async def act(request: Request) -> Response:
         ("assign", form.text("assign") if form.text("assign") != (shown["assignee"] or "") else ""),
         ("follow", form.text("follow")),
         ("unfollow", form.text("unfollow")),
+        ("incident", form.text("incident")),
     ])
     commands = _commands(changes)
     if not commands and not text.strip():
