@@ -166,6 +166,10 @@ def test_customers_visitors_and_forged_posts_change_no_incident(
         # A stale form (the ticket changed since) attaches nothing either.
         stale = {**forged, "version": "2000-01-01T00:00:00"}
         assert _post(alice, "/desk/tickets/1", "/desk/tickets/1", stale)[0] == 409
+        # An incident number no row can have is refused as the mail command would be.
+        status, _, body = _post(alice, "/desk/tickets/1", "/desk/tickets/1",
+                                {**forged, "incident": "99999999999"})
+        assert status == 422 and "The change could not be made" in body
         _, _, shown = alice.get("/desk/incidents/1")
     assert _incident(desk, 1) == ("investigating", ["Looking."])
     with transaction(desk.engine) as session:
