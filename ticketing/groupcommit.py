@@ -21,6 +21,7 @@ from sqlmodel import Session
 from ticketing.blobs import FolderBlobs
 from ticketing.db import StorageError, mail_fault, transaction
 from ticketing.inbound import Inbound, Outcome
+from ticketing.incidents import OPEN_KNOWN
 from ticketing.ingest import Prepared, prepare, record, store, stored
 
 if TYPE_CHECKING:
@@ -102,13 +103,24 @@ def _begin(session: Session) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# Answers that no mail being stored can change, read once for the whole batch.
+_BATCH_WIDE = (OPEN_KNOWN,)
+
+
+def fresh_view(session: Session) -> None:
+    """A fresh view for the next mail of a batch, as in a transaction of its own: no object
+    or cached answer of the mails before it (they are written; what it needs it reads
+    again), but for the open incidents, which storing mail never changes."""
+    kept = {key: session.info[key] for key in _BATCH_WIDE if key in session.info}
+    session.info.clear()
+    session.info.update(kept)
+    session.expunge_all()
+
+
 def _in_savepoint(session: Session, desk: Desk, prepared: Prepared) -> Outcome | None:
     """The mail's own part of the transaction; None when it was rolled back, to be
     stored by itself. A fault of the database ends the whole batch."""
-    # A fresh view, as in a transaction of its own: no object or cached answer of the
-    # mails before it (they are written; what it needs it reads again).
-    session.info.clear()
-    session.expunge_all()
+    fresh_view(session)
     try:
         with session.begin_nested():
             return record(session, desk, prepared)

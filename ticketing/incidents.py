@@ -11,6 +11,9 @@ from ticketing.audit import Actor
 from ticketing.models import Incident, IncidentTicket, IncidentUpdate, Ticket
 
 STATES = ("investigating", "identified", "monitoring", "resolved")
+# The open incidents as read in this transaction, kept in its info (and across the mails
+# of one group commit); opening or updating an incident drops them.
+OPEN_KNOWN = "open_incidents"
 
 
 class IncidentError(ValueError):
@@ -56,6 +59,7 @@ def open_incident(
                         components=",".join(names)[:2000], opened_at=now, updated_at=now)
     session.add(incident)
     session.flush()
+    session.info.pop(OPEN_KNOWN, None)
     assert incident.id is not None
     update = IncidentUpdate(incident_id=incident.id, at=now, state=state, text=message.strip(),
                             author=author[:320])
@@ -78,6 +82,7 @@ def post_update(
     incident.updated_at = now
     incident.resolved_at = now if new_state == "resolved" else None
     session.add(incident)
+    session.info.pop(OPEN_KNOWN, None)
     assert incident.id is not None
     update = IncidentUpdate(incident_id=incident.id, at=now, state=new_state,
                             text=message.strip(), author=author[:320])
@@ -112,6 +117,20 @@ def incidents_of(session: Session, ticket_id: int) -> list[Incident]:
         select(Incident).join(IncidentTicket, col(IncidentTicket.incident_id) == Incident.id)
         .where(IncidentTicket.ticket_id == ticket_id).order_by(col(Incident.id))
     ).all())
+
+
+def open_incident_titles(session: Session) -> list[tuple[int, str, str]]:
+    """(number, title, state) of each incident not yet resolved, newest first: read once
+    a transaction; opening or updating an incident in it reads them again."""
+    known: list[tuple[int, str, str]] | None = session.info.get(OPEN_KNOWN)
+    if known is None:
+        with session.no_autoflush:  # mail being stored changes no incident
+            rows = session.exec(
+                select(Incident.id, Incident.title, Incident.state)
+                .where(Incident.state != "resolved").order_by(col(Incident.id).desc())
+            ).all()
+        known = session.info[OPEN_KNOWN] = [(int(n or 0), t, s) for n, t, s in rows]
+    return known
 
 
 def updates_of(session: Session, incident_id: int) -> list[IncidentUpdate]:

@@ -8,12 +8,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import bindparam, insert, update
 from sqlmodel import Session, col, select
 
 from ticketing.addresses import Address, is_machine_address
 from ticketing.compose import FileToSend, OutgoingMail, Templates, compose
 from ticketing.conversation import is_ours, is_postmaster, reply_address, subject_tag
-from ticketing.incidents import open_incidents
+from ticketing.incidents import open_incident_titles
 from ticketing.models import Attachment, Message, Outbox, Page, ThreadRef, Ticket
 from ticketing.oncall import next_opening
 from ticketing.participants import active_participants, agent_addresses
@@ -39,33 +40,44 @@ _HISTORY = 5
 _NAMED = 200  # copied addresses over the ceiling named in the agents' notice; all are kept
 
 
+_OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
+_THREAD_REF = ThreadRef.__table__  # type: ignore[attr-defined]
+# Prebuilt statements: the row is written once and read by nobody in this transaction
+# but by its id, so no ORM object is made for it.
+_INSERT_OUTBOX = insert(_OUTBOX).returning(_OUTBOX.c.id)
+_SET_RETURN_PATH = (update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))
+                    .values(mail_from=bindparam("return_path")))
+_INSERT_THREAD_REF = insert(_THREAD_REF)
+
+
 def enqueue(
     session: Session, ticket: Ticket | None, kind: str, mail: OutgoingMail, now: datetime,
     settings: Settings,
-) -> Outbox:
-    row = Outbox(
-        ticket_id=ticket.id if ticket else None,
-        kind=kind,
-        message_id=mail.message_id,
-        mail_from=settings.support.address,
-        recipients=json.dumps(list(mail.recipients)),
-        raw=mail.raw,
-        files=json.dumps([{"sha256": f.sha256, "filename": f.filename,
-                           "content_type": f.content_type} for f in mail.files]),
-        next_attempt_at=now,
-        created_at=now,
-    )
-    session.add(row)
-    session.flush()
-    assert row.id is not None
+) -> int:
+    """Queue the mail; returns its outbox row's id."""
+    connection = session.connection()
+    number = connection.execute(_INSERT_OUTBOX, {
+        "ticket_id": ticket.id if ticket else None,
+        "kind": kind,
+        "message_id": mail.message_id,
+        "mail_from": settings.support.address,
+        "recipients": json.dumps(list(mail.recipients)),
+        "raw": mail.raw,
+        "files": json.dumps([{"sha256": f.sha256, "filename": f.filename,
+                              "content_type": f.content_type} for f in mail.files]),
+        "status": "pending", "attempts": 0, "next_attempt_at": now, "claimed_by": "",
+        "claimed_until": None, "last_error": "", "created_at": now, "sent_at": None,
+    }).scalar_one()
     # Its own return path: a bounce names this mail, and so its reader (RFC 5321 4.4).
-    row.mail_from = bounce_address(row.id, settings)
+    connection.execute(_SET_RETURN_PATH,
+                       {"row_id": number, "return_path": bounce_address(number, settings)})
     if ticket is not None and ticket.id is not None:
-        session.add(ThreadRef(message_id=mail.message_id, ticket_id=ticket.id))
+        connection.execute(_INSERT_THREAD_REF,
+                           {"message_id": mail.message_id, "ticket_id": ticket.id})
         known = session.info.get("sent", {}).get(ticket.id)
         if known is not None:  # keep this transaction's view of who holds what current
             known[1].append((mail.message_id, set(mail.recipients)))
-    return row
+    return int(number)
 
 
 def _ticket_mail(
@@ -73,7 +85,7 @@ def _ticket_mail(
     to: Sequence[Address], subject: str, text: str, html: str,
     thread: tuple[str | None, Sequence[str]] | None = None,
     auto_submitted: str | None = "auto-generated", **more: Any,
-) -> Outbox:
+) -> int:
     """One mail about a ticket: its signed Reply-To, threaded under the mails its first
     reader already has from this ticket (or as `thread` says), queued in the outbox."""
     assert ticket.id is not None
@@ -149,13 +161,16 @@ def _sent(session: Session, ticket: Ticket) -> tuple[str, list[tuple[str, set[st
 def confirm_new_ticket(
     session: Session, desk: Desk, ticket: Ticket, request: Message, cc: Sequence[Address],
     now: datetime, paged: bool, next_opening: str | None,
-) -> Outbox | None:
+) -> int | None:
     """The confirmation to the requester, Cc the CC list (an auto-reply: RFC 3834 applies)."""
     assert ticket.id is not None
     requester = ticket.requester
     # A ticket just opened: its thread is the request alone, no need to ask the database.
     session.info.setdefault("sent", {}).setdefault(ticket.id, (request.message_id, []))
-    bouncing(session, [requester, *(a.address for a in cc)])
+    # Whether any reader of the confirmation or the agents' notice bounces: one question.
+    team = desk.settings.agents.team_address
+    bouncing(session, [requester, *(a.address for a in cc),
+                       *([team.lower()] if team else agent_addresses(session, desk.settings))])
     if not _deliverable(session, desk, requester) or not may_auto_reply(
         session, desk.settings.limits, requester, ticket.id, now
     ):
@@ -189,9 +204,9 @@ def confirm_new_ticket(
         "levels": [{"label": level.label, "word": level.word, "meaning": level.meaning}
                    for level in Severity if level < severity],
         # Open incidents on the status page: the customer may be reporting one of them.
-        "incidents": [{"number": i.id, "title": i.title, "state": i.state,
-                       "url": f"{desk.settings.web.url}/status/incidents/{i.id}"}
-                      for i in open_incidents(session)],
+        "incidents": [{"number": number, "title": title, "state": state,
+                       "url": f"{desk.settings.web.url}/status/incidents/{number}"}
+                      for number, title, state in open_incident_titles(session)],
     }
     text, html = desk.templates.render("confirmation", **context)
     _, chain = thread_of(session, ticket, [requester])
@@ -225,7 +240,7 @@ def announce_new_ticket(
     session: Session, desk: Desk, ticket: Ticket, request: Message, cc: Sequence[Address],
     now: datetime, paged_hooks: Sequence[str] = (), not_paged: str = "",
     not_copied: Sequence[Address] = (),
-) -> list[Outbox]:
+) -> list[int]:
     """Tell the agents (or the team list) of a new ticket; its Reply-To makes their answer
     public. not_paged says why a ticket that calls for a page paged nobody; not_copied
     names the copied addresses over support.max_copied, who get no mail."""
@@ -310,7 +325,7 @@ def fan_out(
     *, author_is_agent: bool, already_reached: Iterable[str], note: bool = False,
     status_change: str | None = None, raised_from: Severity | None = None, paging: bool = False,
     auto_submitted: str | None = None,
-) -> list[Outbox]:
+) -> list[int]:
     """A new message on a ticket to every participant but its author, once each, with the
     status change it made ("solved", "closed", "reopened") and, to agents, a severity a
     customer raised by it.
@@ -380,7 +395,7 @@ def fan_out(
 def severity_raised(
     session: Session, desk: Desk, ticket: Ticket, message: Message, old: Severity,
     now: datetime, *, paging: bool,
-) -> Outbox | None:
+) -> int | None:
     """A short acknowledgement to the customer whose mail raised the severity."""
     assert ticket.id is not None
     reader = message.from_address
@@ -420,7 +435,7 @@ def what_next(desk: Desk, ticket: Ticket, now: datetime) -> str:
 
 def status_notice(
     session: Session, desk: Desk, ticket: Ticket, status: str, now: datetime
-) -> Outbox | None:
+) -> int | None:
     """Tell the requester (Cc the customers on the thread) the ticket was solved, closed or reopened."""
     assert ticket.id is not None
     requester_active = any(p.address == ticket.requester and p.role == "requester"
@@ -448,7 +463,7 @@ def status_notice(
 
 def page_not_delivered(
     session: Session, settings: Settings, templates: Templates, page: Page, now: datetime
-) -> list[Outbox]:
+) -> list[int]:
     """The urgent mail to the agents (or the team list) when a page was given up or
     refused for good: nobody else will wake the on-call engineer."""
     ticket = session.get(Ticket, page.ticket_id)
@@ -491,7 +506,7 @@ def page_not_delivered(
 
 def command_error(
     session: Session, desk: Desk, ticket: Ticket, agent: str, errors: Sequence[str], now: datetime
-) -> Outbox:
+) -> int:
     """A short private mail to the agent whose command could not be applied."""
     assert ticket.id is not None
     context = _common(desk, ticket) | {"errors": list(errors)}
@@ -505,7 +520,7 @@ def command_error(
 
 def no_account(
     session: Session, desk: Desk, sender: Address, subject: str, request: Message, now: datetime
-) -> Outbox | None:
+) -> int | None:
     """The "no Help Desk account: ask your account manager" reply, rate-limited."""
     if not _deliverable(session, desk, sender.address) or not may_auto_reply(
         session, desk.settings.limits, sender.address, None, now
