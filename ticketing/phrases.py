@@ -67,7 +67,7 @@ def other_tickets(
                   col(Ticket.created_at))
         .where(col(Ticket.requester) == ticket.requester, col(Ticket.id) != ticket.id)
         .order_by(col(Ticket.id).desc())
-    ).tuples().all()
+    ).all()
     ordered = sorted(rows, key=lambda t: t[1] in ("solved", "closed"))
     zone = ZoneInfo(hours.timezone)
     shown = [
