@@ -31,6 +31,7 @@ from ticketing.ratelimit import bouncing, may_auto_reply, record_auto_reply
 from ticketing.returnpath import bounce_address
 from ticketing.settings import Settings
 from ticketing.severity import Severity
+from ticketing.txstate import state_of
 
 if TYPE_CHECKING:
     from ticketing.desk import Desk
@@ -74,7 +75,7 @@ def enqueue(
     if ticket is not None and ticket.id is not None:
         connection.execute(_INSERT_THREAD_REF,
                            {"message_id": mail.message_id, "ticket_id": ticket.id})
-        known = session.info.get("sent", {}).get(ticket.id)
+        known = state_of(session).sent.get(ticket.id)
         if known is not None:  # keep this transaction's view of who holds what current
             known[1].append((mail.message_id, set(mail.recipients)))
     return int(number)
@@ -143,7 +144,7 @@ def thread_of(
 def _sent(session: Session, ticket: Ticket) -> tuple[str, list[tuple[str, set[str]]]]:
     """The ticket's opening Message-ID, and each mail of ours with its recipients, in order;
     read once a transaction, then kept current by enqueue()."""
-    cache: dict[int, tuple[str, list[tuple[str, set[str]]]]] = session.info.setdefault("sent", {})
+    cache = state_of(session).sent
     assert ticket.id is not None
     if ticket.id not in cache:
         root = session.exec(
@@ -166,7 +167,7 @@ def confirm_new_ticket(
     assert ticket.id is not None
     requester = ticket.requester
     # A ticket just opened: its thread is the request alone, no need to ask the database.
-    session.info.setdefault("sent", {}).setdefault(ticket.id, (request.message_id, []))
+    state_of(session).sent.setdefault(ticket.id, (request.message_id, []))
     # Whether any reader of the confirmation or the agents' notice bounces: one question.
     team = desk.settings.agents.team_address
     bouncing(session, [requester, *(a.address for a in cc),

@@ -13,6 +13,7 @@ from ticketing import audit
 from ticketing.models import Page, Ticket
 from ticketing.settings import HoursSettings, OncallSettings, Settings
 from ticketing.severity import Severity
+from ticketing.txstate import state_of
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # date.weekday() order
 HOOKS = ("webhook", "pagerduty", "command")
@@ -218,12 +219,12 @@ def _ticket_id(session: Session, ticket: Ticket) -> int:
 
 def queued(session: Session) -> int:
     """How many page rows this transaction has queued (escalations and resolves)."""
-    return int(session.info.get("pages_queued", 0))
+    return state_of(session).pages_queued
 
 
 def _queue(session: Session, pages: list[Page], reason: str = "") -> None:
     session.add_all(pages)
-    session.info["pages_queued"] = queued(session) + len(pages)
+    state_of(session).pages_queued += len(pages)
     if pages:
         first = pages[0]
         hooks = ", ".join(sorted({p.hook for p in pages}))

@@ -10,17 +10,18 @@ from sqlmodel import Session, select
 from ticketing.addresses import Address
 from ticketing.models import Agent, Participant, Ticket
 from ticketing.settings import Settings
+from ticketing.txstate import state_of
 
 
 def agent_addresses(session: Session, settings: Settings) -> dict[str, str]:
     """Agent address -> name, from the config and the agents table (read once a transaction)."""
-    cached = session.info.get("agents")
-    if cached is not None:
-        return dict(cached)
+    state = state_of(session)
+    if state.agents is not None:
+        return dict(state.agents)
     agents = {address.lower(): "" for address in settings.agents.addresses}
     for agent in session.exec(select(Agent)).all():
         agents[agent.address] = agent.name
-    session.info["agents"] = agents
+    state.agents = agents
     return dict(agents)
 
 
@@ -37,7 +38,7 @@ def active_participants(session: Session, ticket: Ticket) -> list[Participant]:
 def opened(session: Session, ticket: Ticket) -> None:
     """A ticket made in this transaction has nobody on it yet: no need to ask the database."""
     assert ticket.id is not None
-    session.info.setdefault("participants", {})[ticket.id] = {}
+    state_of(session).participants[ticket.id] = {}
 
 
 def add_participants(
@@ -50,7 +51,7 @@ def add_participants(
     """Add people not yet on the ticket (or back after #unfollow); returns those added."""
     assert ticket.id is not None
     # Who is on each ticket is read once a transaction and kept current here.
-    cache: dict[int, dict[str, Participant]] = session.info.setdefault("participants", {})
+    cache = state_of(session).participants
     existing = cache.get(ticket.id)
     if existing is None:
         existing = {
@@ -83,7 +84,8 @@ def follow(session: Session, ticket: Ticket, person: Address, now: datetime) -> 
     False when they were on it already."""
     if add_participants(session, ticket, [person], "follower", now):
         return True
-    current = session.info["participants"][ticket.id][person.address]
+    assert ticket.id is not None  # add_participants has read who is on it
+    current = state_of(session).participants[ticket.id][person.address]
     if current.active:
         return False
     current.active = True

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from ticketing.addresses import is_machine_address, normalize
 from ticketing.models import Account, AutoReplyLog
 from ticketing.settings import LimitSettings
+from ticketing.txstate import state_of
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ STATUS_UPDATE = "status_update"
 def _sent_since(session: Session, since: datetime) -> int:
     """Automatic mails sent after `since`: asked once a transaction for each window,
     then kept current by record_auto_reply()."""
-    counts: dict[datetime, int] = session.info.setdefault("auto_replies_since", {})
+    counts = state_of(session).auto_replies_since
     if since not in counts:
         counts[since] = int(session.exec(
             select(func.count()).select_from(AutoReplyLog)
@@ -44,7 +45,7 @@ def _account(session: Session, address: str) -> Account | None:
 def bouncing(session: Session, addresses: Iterable[str]) -> set[str]:
     """Which of these addresses bounce; one query for those not yet asked in this
     transaction (mark_bouncing and clear_bouncing keep the answers current)."""
-    known: dict[str, bool] = session.info.setdefault("bouncing", {})
+    known = state_of(session).bouncing
     unknown = [a for a in dict.fromkeys(addresses) if a not in known]
     if unknown:
         # Nothing pending can change the answer (mark_bouncing writes its own, and
@@ -82,8 +83,9 @@ def may_auto_reply(
         return False
     since = now - WINDOW
     if limits.overall_per_hour and _sent_since(session, since) >= limits.overall_per_hour:
-        if not session.info.get("ceiling_told"):
-            session.info["ceiling_told"] = True
+        state = state_of(session)
+        if not state.ceiling_told:
+            state.ceiling_told = True
             log.warning("the ceiling of %d automatic mails an hour (limits.overall_per_hour) "
                         "is reached: no confirmations or notices to customers until the hour "
                         "has room again", limits.overall_per_hour)
@@ -112,7 +114,7 @@ def record_auto_reply(
     # A plain insert: the row is only ever counted, never read back as an object.
     session.connection().execute(_INSERT_LOG, {"recipient": address, "ticket_id": ticket_id,
                                                "kind": kind[:32], "sent_at": now})
-    counts: dict[datetime, int] = session.info.get("auto_replies_since", {})
+    counts = state_of(session).auto_replies_since
     for since in counts:
         if now > since:
             counts[since] += 1
@@ -140,7 +142,7 @@ def mark_bouncing(session: Session, address: str, detail: str, now: datetime) ->
     account.bounce_detail = " ".join(detail.split())[:2000]
     session.add(account)
     session.flush()
-    session.info.setdefault("bouncing", {})[address] = True
+    state_of(session).bouncing[address] = True
 
 
 def clear_bouncing(session: Session, address: str) -> bool:
@@ -152,5 +154,5 @@ def clear_bouncing(session: Session, address: str) -> bool:
     account.bounce_detail = ""
     session.add(account)
     session.flush()
-    session.info.setdefault("bouncing", {})[account.address] = False
+    state_of(session).bouncing[account.address] = False
     return True

@@ -11,6 +11,7 @@ from ticketing.audit import Actor, operator_action
 from ticketing.models import Agent
 from ticketing.participants import agent_addresses
 from ticketing.settings import Settings
+from ticketing.txstate import state_of
 
 OPERATOR = "operator"
 AGENT = "agent"
@@ -50,7 +51,7 @@ def add_agent(session: Session, address: str, name: str, now: datetime,
         agent.operator = operator
     session.add(agent)
     session.flush()
-    session.info.pop("agents", None)  # the transaction's list of agents is out of date
+    state_of(session).agents = None  # the transaction's list of agents is out of date
     if by is not None:
         operator_action(by, f"agent {found} added{' as an operator' if agent.operator else ''}")
     return agent
