@@ -15,6 +15,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from mailgate import exitcodes
+from mailgate.logs import setup_logging
 from ticketing.inbound import Status
 from ticketing.settings import ConfigError, Settings, load_settings
 
@@ -722,14 +723,7 @@ def main(argv: Sequence[str] | None = None, stdin: bytes | None = None) -> int:
     """Run one command; `stdin` is a mail `deliver` has read already and must store here."""
     args = parser().parse_args(argv)
     args.stdin = stdin
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-command chatter
-    # aiosmtpd's protocol chatter (every connection, every QUIT) drowns ours at INFO.
-    logging.getLogger("mail").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     settings: Settings | None = None
     try:
         settings = load_settings(args.config)

@@ -14,6 +14,7 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
+from mailgate.logs import quiet_mail_parser
 from mailgate.outbound import Attempt, Transport, send_due, transport_for
 from mailgate.paging import run_paging
 from mailgate.waiting import first_of
@@ -116,6 +117,7 @@ async def serve(
     from mailgate.imap import ImapFetcher
     from mailgate.smtp import smtp_factory
 
+    quiet_mail_parser()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(AcceptFaults())
     stop = stop or asyncio.Event()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import binascii
-import codecs
 import email
 import email.parser
 import email.policy
@@ -22,10 +21,7 @@ from ticketing.tnef import unpack_tnef
 
 log = logging.getLogger(__name__)
 
-# mail-parser logs a warning for every part type it does not handle (report,
-# rfc822-headers, related); we handle those parts ourselves below.
-logging.getLogger("mailparser").setLevel(logging.ERROR)
-logging.getLogger("mailparser.core").setLevel(logging.ERROR)
+
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _MAX_DEPTH = 20
@@ -118,14 +114,18 @@ _READ_AS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _cp1252_for_the_rest(error: UnicodeError) -> tuple[str, int]:
-    """Decoding error handler: bytes that are not UTF-8 read as cp1252 (latin-1 where it has none)."""
-    assert isinstance(error, UnicodeDecodeError)
-    bad = error.object[error.start : error.end]
-    return "".join(bytes([b]).decode("cp1252", "ignore") or chr(b) for b in bad), error.end
+# What UTF-8 decoding with surrogateescape leaves of each byte that is not UTF-8.
+_ESCAPED = re.compile("[\udc80-\udcff]")
 
 
-codecs.register_error("mailgate-cp1252", _cp1252_for_the_rest)
+def _cp1252_byte(match: re.Match[str]) -> str:
+    byte = ord(match.group()) - 0xDC00
+    return bytes([byte]).decode("cp1252", "ignore") or chr(byte)
+
+
+def _utf8_then_cp1252(data: bytes) -> str:
+    """UTF-8, with each byte that is not UTF-8 read as cp1252 (latin-1 where it has none)."""
+    return _ESCAPED.sub(_cp1252_byte, data.decode("utf-8", "surrogateescape"))
 
 
 def decode_bytes(data: bytes, charset: str) -> str:
@@ -139,7 +139,7 @@ def decode_bytes(data: bytes, charset: str) -> str:
             return data.decode(candidate)
         except (LookupError, UnicodeDecodeError):
             continue
-    return data.decode("utf-8", "mailgate-cp1252")
+    return _utf8_then_cp1252(data)
 
 
 def _one_line(value: str) -> str:
