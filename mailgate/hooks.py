@@ -20,7 +20,7 @@ DETAIL_LIMIT = 300
 
 
 @dataclass(frozen=True)
-class Outcome:
+class HookAnswer:
     """What one call to a hook gave: accepted, worth another try, or refused for good."""
 
     ok: bool
@@ -32,7 +32,7 @@ class Outcome:
 class Hook(Protocol):
     """A hook kind: hands one page body to the on-call service."""
 
-    def send(self, body: bytes) -> Outcome: ...
+    def send(self, body: bytes) -> HookAnswer: ...
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -56,10 +56,10 @@ def _excerpt(data: bytes) -> str:
     return data[:DETAIL_LIMIT].decode("utf-8", "replace").strip()
 
 
-def post_json(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> Outcome:
+def post_json(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> HookAnswer:
     """POST a JSON body; 2xx is accepted, 429 and 5xx are temporary, anything else is final."""
     if not url.lower().startswith(("http://", "https://")):
-        return Outcome(False, f"not an http(s) URL: {url!r}")
+        return HookAnswer(False, f"not an http(s) URL: {url!r}")
     request = urllib.request.Request(  # noqa: S310 (scheme checked above)
         url,
         data=body,
@@ -80,14 +80,14 @@ def post_json(url: str, body: bytes, headers: Mapping[str, str], timeout: float)
         detail = f"HTTP {exc.code}" + (f": {text}" if text else "")
         if exc.code == 429 or exc.code >= 500:
             retry_after = exc.headers.get("Retry-After", "")
-            return Outcome(False, detail, retry=True, retry_after=retry_after)
-        return Outcome(False, detail)
+            return HookAnswer(False, detail, retry=True, retry_after=retry_after)
+        return HookAnswer(False, detail)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        return Outcome(False, f"connection error: {reason}", retry=True)
+        return HookAnswer(False, f"connection error: {reason}", retry=True)
     if 200 <= status < 300:
-        return Outcome(True, f"HTTP {status}")
-    return Outcome(False, f"HTTP {status}")
+        return HookAnswer(True, f"HTTP {status}")
+    return HookAnswer(False, f"HTTP {status}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class WebhookSender:
     secret: str
     timeout: float = HTTP_TIMEOUT
 
-    def send(self, body: bytes) -> Outcome:
+    def send(self, body: bytes) -> HookAnswer:
         headers = {"X-Mailgate-Signature": signature(self.secret, body)}
         return post_json(self.url, body, headers, self.timeout)
 
@@ -108,7 +108,7 @@ class PagerDutySender:
     url: str
     timeout: float = HTTP_TIMEOUT
 
-    def send(self, body: bytes) -> Outcome:
+    def send(self, body: bytes) -> HookAnswer:
         return post_json(self.url, body, {}, self.timeout)
 
 
@@ -119,19 +119,19 @@ class CommandSender:
     argv: tuple[str, ...]
     timeout: float
 
-    def send(self, body: bytes) -> Outcome:
+    def send(self, body: bytes) -> HookAnswer:
         try:
             done = subprocess.run(
                 self.argv, input=body, capture_output=True, timeout=self.timeout, check=False
             )
         except subprocess.TimeoutExpired:
-            return Outcome(False, f"{self.argv[0]} ran past {self.timeout:g}s", retry=True)
+            return HookAnswer(False, f"{self.argv[0]} ran past {self.timeout:g}s", retry=True)
         except OSError as exc:
-            return Outcome(False, f"could not run {self.argv[0]}: {exc}", retry=True)
+            return HookAnswer(False, f"could not run {self.argv[0]}: {exc}", retry=True)
         if done.returncode == 0:
-            return Outcome(True, "exit 0")
+            return HookAnswer(True, "exit 0")
         text = _excerpt(done.stderr[-DETAIL_LIMIT:])
-        return Outcome(False, f"exit {done.returncode}" + (f": {text}" if text else ""), retry=True)
+        return HookAnswer(False, f"exit {done.returncode}" + (f": {text}" if text else ""), retry=True)
 
 
 def hooks_for(oncall: OncallSettings) -> dict[str, Hook]:

@@ -183,7 +183,7 @@ class ImapFetcher:
         raw = data.get(b"BODY[]")
         if raw is None:
             log.info("%s: uid %d vanished before it was fetched", self.box.key, uid)
-            self._record(uidvalidity, uid)
+            self._record_position(uidvalidity, uid)
             return 0
         mid = message_id(raw)
         # A large mail on a slow link takes a while: hold on, or leave it to whoever
@@ -201,11 +201,11 @@ class ImapFetcher:
             # is for an operator and go on, so it never blocks the mail behind it.
             log.exception("%s: uid %d in %s: ingest failed; the message is left in the folder",
                           mid, uid, self.box.key)
-            self._record(uidvalidity, uid)
+            self._record_position(uidvalidity, uid)
             return 0
         del raw, data
         self._settle(client, uid)
-        self._record(uidvalidity, uid)
+        self._record_position(uidvalidity, uid)
         log.info("%s: uid %d (%d bytes) from %s: %s%s", mid, uid, size, self.box.key,
                  outcome.status, f" #{outcome.ticket}" if outcome.ticket else "")
         return 1
@@ -311,7 +311,7 @@ class ImapFetcher:
                 session.add(state)
             return state.last_uid
 
-    def _record(self, uidvalidity: int, uid: int) -> None:
+    def _record_position(self, uidvalidity: int, uid: int) -> None:
         """Where we stand, and the lease renewed; only while we hold the mailbox, so a
         fetcher that lost it in a long take never moves the new holder's place back."""
         now = self.clock.now()

@@ -364,14 +364,14 @@ def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
         if kept:
             with transaction(desk.engine) as session:
                 for attempt in kept:
-                    _record(session, desk, attempt, worker, late=True)
+                    _record_attempt(session, desk, attempt, worker, late=True)
             log.warning("recorded %d send(s) made while the database was away", len(kept))
             kept.clear()
         for _ in range(limit):
             try:
                 with transaction(desk.engine) as session:
                     if previous is not None:
-                        _record(session, desk, previous, worker)
+                        _record_attempt(session, desk, previous, worker)
                     row = _claim(session, desk, worker)
             except StorageError:
                 _keep(kept, previous)
@@ -384,7 +384,7 @@ def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
         if previous is not None:
             try:
                 with transaction(desk.engine) as session:
-                    _record(session, desk, previous, worker)
+                    _record_attempt(session, desk, previous, worker)
             except StorageError:
                 _keep(kept, previous)
                 raise
@@ -418,7 +418,7 @@ def _attempt(transport: Transport, row: Outbox) -> Attempt:
         return Attempt(row, error=f"{type(exc).__name__}: {exc}")
 
 
-def _record(session: Session, desk: Desk, attempt: Attempt, worker: str,
+def _record_attempt(session: Session, desk: Desk, attempt: Attempt, worker: str,
             late: bool = False) -> None:
     row = attempt.row
     if attempt.sent is not None and not attempt.sent.refused:

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, exists, or_, update
 from sqlmodel import Session, col, select
 
 from mailgate.backoff import backoff
-from mailgate.hooks import HTTP_TIMEOUT, Hook, Outcome, hooks_for
+from mailgate.hooks import HTTP_TIMEOUT, Hook, HookAnswer, hooks_for
 from mailgate.waiting import first_of
 from ticketing.audit import SYSTEM, Actor, record
 from ticketing.clock import Clock
@@ -125,8 +125,8 @@ def _claim_next(
     return None
 
 
-def _record(
-    engine: Engine, claimed: _Claimed, worker: str, outcome: Outcome, now: datetime,
+def _record_answer(
+    engine: Engine, claimed: _Claimed, worker: str, outcome: HookAnswer, now: datetime,
     rng: random.Random, settings: Settings,
 ) -> None:
     with transaction(engine) as session:
@@ -201,15 +201,15 @@ def send_due_pages(
         seen.add(claimed.id)
         hook = hooks.get(claimed.hook)
         if hook is None:
-            outcome = Outcome(False, f"the {claimed.hook} hook is no longer configured")
+            outcome = HookAnswer(False, f"the {claimed.hook} hook is no longer configured")
         else:
             try:
                 outcome = hook.send(claimed.payload.encode("utf-8"))
             except Exception as exc:  # a broken hook must not leave the page claimed
                 log.exception("[#%d] page %d: the %s hook failed", claimed.ticket_id,
                               claimed.id, claimed.hook)
-                outcome = Outcome(False, f"{type(exc).__name__}: {exc}", retry=True)
-        _record(engine, claimed, worker, outcome, clock.now(), rng, settings)
+                outcome = HookAnswer(False, f"{type(exc).__name__}: {exc}", retry=True)
+        _record_answer(engine, claimed, worker, outcome, clock.now(), rng, settings)
         tried += 1
     return tried
 

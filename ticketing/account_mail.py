@@ -11,6 +11,7 @@ from sqlmodel import Session
 from ticketing.accounts import WINDOW, account_for_link, count_attempts, record_attempt
 from ticketing.addresses import Address, normalize
 from ticketing.compose import compose
+from ticketing.mailkind import MailKind
 from ticketing.models import Account
 from ticketing.notifications import enqueue
 from ticketing.websessions import TOKEN_LIFETIME, issue_token
@@ -75,4 +76,4 @@ def _send(session: Session, desk: Desk, account: Account, purpose: str, now: dat
         subject=_SUBJECTS[purpose].format(name=support.name), text=text, html=html, now=now,
         auto_submitted="auto-generated",  # RFC 3834: written by the system, answer nothing
     )
-    enqueue(session, None, purpose, mail, now, desk.settings)
+    enqueue(session, None, MailKind(purpose), mail, now, desk.settings)

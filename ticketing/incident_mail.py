@@ -31,6 +31,7 @@ from ticketing.incidents import (
     post_update,
     tickets_of,
 )
+from ticketing.mailkind import MailKind
 from ticketing.models import (
     Account,
     AutoReplyLog,
@@ -42,7 +43,7 @@ from ticketing.models import (
     Ticket,
 )
 from ticketing.notifications import fan_out
-from ticketing.ratelimit import STATUS_UPDATE, WINDOW
+from ticketing.ratelimit import WINDOW
 from ticketing.returnpath import bounce_address
 from ticketing.subscriptions import subscriber_links
 
@@ -155,7 +156,7 @@ def mail_subscribers(session: Session, desk: Desk, incident: Incident, posted: I
             ],
         )
         rows.append({
-            "id": number, "ticket_id": None, "kind": STATUS_UPDATE,
+            "id": number, "ticket_id": None, "kind": MailKind.STATUS_UPDATE,
             "message_id": mail.message_id,
             # Its own return path: a bounce names this mail, and so its reader.
             "mail_from": bounce_address(number, settings),
@@ -163,7 +164,7 @@ def mail_subscribers(session: Session, desk: Desk, incident: Incident, posted: I
             "status": "pending", "attempts": 0, "next_attempt_at": now, "claimed_by": "",
             "claimed_until": None, "last_error": "", "created_at": now, "sent_at": None,
         })
-        counted.append({"recipient": address, "ticket_id": None, "kind": STATUS_UPDATE,
+        counted.append({"recipient": address, "ticket_id": None, "kind": MailKind.STATUS_UPDATE,
                         "sent_at": now})
     connection = session.connection()
     connection.execute(insert(Outbox), rows)

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 MAX_TRIES = 3
 
 
-def dedupe_key(mail: ParsedMail, raw: bytes) -> str:
+def duplicate_key(mail: ParsedMail, raw: bytes) -> str:
     """The same message twice is stored once: the same Message-ID from the same From
     address with the same body (text, HTML and attachments), or the same bytes when it
     has no Message-ID. A Message-ID alone is no proof: whoever sends first with a
@@ -92,7 +92,7 @@ def prepare(desk: Desk, inbound: Inbound) -> Prepared | Outcome:
     the parser cannot take is quarantined here (its Outcome)."""
     try:
         mail = parse_mail(inbound.raw)
-        key = dedupe_key(mail, inbound.raw)
+        key = duplicate_key(mail, inbound.raw)
         verdict = screen(mail, inbound, desk.settings)
     except Exception as exc:
         return quarantine(desk, inbound, exc)
@@ -105,8 +105,8 @@ def record(session: Session, desk: Desk, prepared: Prepared) -> Outcome:
     """Everything a prepared mail does to the database, in the caller's transaction."""
     p = prepared
     queued = oncall.queued(session)
-    outcome = _record(session, desk, p.inbound, p.mail, p.key, p.raw_sha256, p.files,
-                      p.verdict, p.believed)
+    outcome = _file_mail(session, desk, p.inbound, p.mail, p.key, p.raw_sha256, p.files,
+                         p.verdict, p.believed)
     return replace(outcome, pages=oncall.queued(session) - queued)
 
 
@@ -214,7 +214,7 @@ def _is_agent(desk: Desk, address: str) -> bool:
         return address in agent_addresses(session, desk.settings)
 
 
-def _record(
+def _file_mail(
     session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, key: str,
     raw_sha256: str, files: list[StoredFile], verdict: Verdict, believed: bool,
 ) -> Outcome:

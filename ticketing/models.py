@@ -104,7 +104,8 @@ class Message(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     ticket_id: int | None = Field(default=None, foreign_key="ticket.id")
-    # Message-ID, or the raw bytes' hash when there is none: one row per mail.
+    # Duplicate detection on ingest (ingest.duplicate_key): the same mail twice is
+    # stored once. Not PagerDuty's dedup_key (Page.dedup_key).
     dedupe_key: str = Field(max_length=1000, unique=True)
     message_id: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     direction: str = Field(default="in", max_length=3)
@@ -210,6 +211,8 @@ class Page(SQLModel, table=True):
     ticket_id: int = Field(foreign_key="ticket.id", index=True)
     hook: str = Field(max_length=32)
     action: str = Field(default="trigger", max_length=16)
+    # PagerDuty's dedup_key: the alert a trigger opens and its resolve closes (for every
+    # hook). Not duplicate mail detection (Message.dedupe_key).
     dedup_key: str = Field(max_length=200)
     payload: str = Field(sa_column=Column(Text, nullable=False))
     status: str = Field(default="pending", max_length=16)  # pending | delivered | gave_up | skipped

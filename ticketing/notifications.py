@@ -15,6 +15,7 @@ from ticketing.addresses import Address, is_machine_address
 from ticketing.compose import FileToSend, OutgoingMail, Templates, compose
 from ticketing.conversation import is_ours, is_postmaster, reply_address, subject_tag
 from ticketing.incidents import open_incident_titles
+from ticketing.mailkind import MailKind
 from ticketing.models import Attachment, Message, Outbox, Page, ThreadRef, Ticket
 from ticketing.oncall import next_opening
 from ticketing.participants import active_participants, agent_addresses
@@ -52,7 +53,7 @@ _INSERT_THREAD_REF = insert(_THREAD_REF)
 
 
 def enqueue(
-    session: Session, ticket: Ticket | None, kind: str, mail: OutgoingMail, now: datetime,
+    session: Session, ticket: Ticket | None, kind: MailKind, mail: OutgoingMail, now: datetime,
     settings: Settings,
 ) -> int:
     """Queue the mail; returns its outbox row's id."""
@@ -82,7 +83,7 @@ def enqueue(
 
 
 def _ticket_mail(
-    session: Session, desk: Desk, ticket: Ticket, kind: str, now: datetime, *,
+    session: Session, desk: Desk, ticket: Ticket, kind: MailKind, now: datetime, *,
     to: Sequence[Address], subject: str, text: str, html: str,
     thread: tuple[str | None, Sequence[str]] | None = None,
     auto_submitted: str | None = "auto-generated", **more: Any,
@@ -178,7 +179,7 @@ def confirm_new_ticket(
         log.info("[#%s] no confirmation to %s (rate limit, machine or bouncing address)",
                  ticket.id, requester)
         return None
-    record_auto_reply(session, requester, ticket.id, "confirmation", now)
+    record_auto_reply(session, requester, ticket.id, MailKind.CONFIRMATION, now)
     # Everyone copied gets this mail on the system's own account: each is rate-limited,
     # or a stranger could send anyone a stream of confirmations with a subject of theirs.
     # Each counts as it is taken, so the overall ceiling holds within one mail too.
@@ -186,7 +187,7 @@ def confirm_new_ticket(
     for person in cc:
         if (_deliverable(session, desk, person.address) and not is_machine_address(person.address)
                 and may_auto_reply(session, desk.settings.limits, person.address, ticket.id, now)):
-            record_auto_reply(session, person.address, ticket.id, "confirmation", now)
+            record_auto_reply(session, person.address, ticket.id, MailKind.CONFIRMATION, now)
             copied.append(person)
     severity = Severity(ticket.severity)
     context = _common(desk, ticket) | {
@@ -212,7 +213,7 @@ def confirm_new_ticket(
     text, html = desk.templates.render("confirmation", **context)
     _, chain = thread_of(session, ticket, [requester])
     return _ticket_mail(
-        session, desk, ticket, "confirmation", now,
+        session, desk, ticket, MailKind.CONFIRMATION, now,
         to=[Address(requester, ticket.requester_name)], cc=copied,
         subject=f"{subject_tag(ticket.id)} {ticket.subject}", text=text, html=html,
         thread=(request.message_id or None, chain), auto_submitted="auto-replied",
@@ -284,7 +285,7 @@ def announce_new_ticket(
     rows = []
     for agent in agents:
         rows.append(_ticket_mail(
-            session, desk, ticket, "new_ticket", now, to=[Address(agent, agent_names.get(agent, ""))],
+            session, desk, ticket, MailKind.NEW_TICKET, now, to=[Address(agent, agent_names.get(agent, ""))],
             # The level in words, not as a tag: a reply keeping this subject must not
             # set the severity back.
             subject=f"{subject_tag(ticket.id)} {ticket.subject} ({severity.label} {severity.word})",
@@ -384,7 +385,8 @@ def fan_out(
         # helpdesk and mail rules treat an answer as machine mail; the system's own
         # words (auto_submitted) are marked as such.
         rows.append(_ticket_mail(
-            session, desk, ticket, "note" if note else "reply", now, to=[Address(address, name)],
+            session, desk, ticket, MailKind.NOTE if note else MailKind.REPLY, now,
+            to=[Address(address, name)],
             subject=f"{'[Note] ' if note else ''}Re: {subject_tag(ticket.id)} {ticket.subject}",
             text=text, html=html, from_name=f"{display} via {desk.settings.support.name}",
             attachments=files, auto_submitted=auto_submitted,
@@ -415,10 +417,10 @@ def severity_raised(
         "what_next": what_next(desk, ticket, now),
     }
     text, html = desk.templates.render("raised", **context)
-    record_auto_reply(session, reader, ticket.id, "raised", now)
+    record_auto_reply(session, reader, ticket.id, MailKind.RAISED, now)
     _, chain = thread_of(session, ticket, [reader])
     return _ticket_mail(
-        session, desk, ticket, "raised", now, to=[Address(reader, message.from_name)],
+        session, desk, ticket, MailKind.RAISED, now, to=[Address(reader, message.from_name)],
         subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}", text=text, html=html,
         thread=(message.message_id or None, [*chain, *([message.message_id] if message.message_id else [])]),
         auto_submitted="auto-replied",
@@ -456,7 +458,7 @@ def status_notice(
     }
     text, html = desk.templates.render("status", **context)
     return _ticket_mail(
-        session, desk, ticket, f"status_{status}", now,
+        session, desk, ticket, MailKind(f"status_{status}"), now,
         to=[Address(ticket.requester, ticket.requester_name)], cc=copied,
         subject=f"Re: {subject_tag(ticket.id)} {ticket.subject}", text=text, html=html,
     )
@@ -499,7 +501,7 @@ def page_not_delivered(
             references=chain, auto_submitted="auto-generated",
             extra_headers=[("Importance", "high"), ("X-Priority", "1")],
         )
-        rows.append(enqueue(session, ticket, "not_paged", mail, now, settings))
+        rows.append(enqueue(session, ticket, MailKind.NOT_PAGED, mail, now, settings))
     log.warning("[#%s] told %s that on-call was not paged", ticket.id,
                 ", ".join(agents) or "nobody (no agents configured)")
     return rows
@@ -513,7 +515,7 @@ def command_error(
     context = _common(desk, ticket) | {"errors": list(errors)}
     text, html = desk.templates.render("command_error", **context)
     return _ticket_mail(
-        session, desk, ticket, "command_error", now, to=[Address(agent)],
+        session, desk, ticket, MailKind.COMMAND_ERROR, now, to=[Address(agent)],
         subject=f"Re: {subject_tag(ticket.id)} {ticket.subject} (command not applied)",
         text=text, html=html, auto_submitted="auto-replied",
     )
@@ -540,8 +542,8 @@ def no_account(
         references=[request.message_id] if request.message_id else [],
         auto_submitted="auto-replied",
     )
-    record_auto_reply(session, sender.address, None, "no_account", now)
-    return enqueue(session, None, "no_account", mail, now, desk.settings)
+    record_auto_reply(session, sender.address, None, MailKind.NO_ACCOUNT, now)
+    return enqueue(session, None, MailKind.NO_ACCOUNT, mail, now, desk.settings)
 
 
 def to_postmaster(session: Session, desk: Desk, message: Message, now: datetime) -> list[str]:
@@ -577,6 +579,6 @@ def to_postmaster(session: Session, desk: Desk, message: Message, now: datetime)
             references=[message.message_id] if message.message_id else [],
             auto_submitted="auto-generated",
         )
-        record_auto_reply(session, reader, None, "postmaster", now)
-        enqueue(session, None, "postmaster", mail, now, settings)
+        record_auto_reply(session, reader, None, MailKind.POSTMASTER, now)
+        enqueue(session, None, MailKind.POSTMASTER, mail, now, settings)
     return readers

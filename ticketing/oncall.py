@@ -99,7 +99,7 @@ def should_page(
 # what was paged and the rule that stops paging twice are the same rows.
 
 
-def dedup_key(ticket: Ticket, settings: Settings, escalation: int) -> str:
+def pagerduty_dedup_key(ticket: Ticket, settings: Settings, escalation: int) -> str:
     domain = settings.support.domain[:DOMAIN_LIMIT]
     return f"mailgate/{domain}/ticket-{ticket.id}/{escalation}"
 
@@ -247,7 +247,7 @@ def escalate(
     count, open_key, _ = _escalations(session, ticket_id)
     if open_key is not None:
         return []
-    key = dedup_key(ticket, settings, count + 1)
+    key = pagerduty_dedup_key(ticket, settings, count + 1)
     pages = []
     for hook in hooks:
         if hook == "pagerduty":
@@ -311,7 +311,7 @@ def escalate_within_limits(
     why = page_limit(session, ticket, settings, now)
     if not why:
         return escalate(session, ticket, settings, now, reason), ""
-    key = dedup_key(ticket, settings, count + 1)
+    key = pagerduty_dedup_key(ticket, settings, count + 1)
     recorded = set(session.exec(
         select(Page.hook).where(Page.dedup_key == key, Page.action == "withheld")
     ).all())

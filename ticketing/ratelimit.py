@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ticketing.addresses import is_machine_address, normalize
+from ticketing.mailkind import MailKind
 from ticketing.models import Account, AutoReplyLog
 from ticketing.settings import LimitSettings
 from ticketing.txstate import state_of
@@ -19,11 +20,11 @@ log = logging.getLogger(__name__)
 
 WINDOW = timedelta(hours=1)
 _INSERT_LOG = insert(AutoReplyLog.__table__)  # type: ignore[attr-defined]
-# A status page update to its confirmed subscribers: counted against each reader's
-# hourly limit, but not against the ceiling on all automatic mail, which keeps strangers'
-# mail from making the desk a spam cannon; an operator's update to those who asked for it
-# is not that, and must not use up the room the customers' confirmations need.
-STATUS_UPDATE = "status_update"
+# A status page update to its confirmed subscribers (MailKind.STATUS_UPDATE) counts
+# against each reader's hourly limit, but not against the ceiling on all automatic mail,
+# which keeps strangers' mail from making the desk a spam cannon; an operator's update to
+# those who asked for it is not that, and must not use up the room the customers'
+# confirmations need.
 
 
 def _sent_since(session: Session, since: datetime) -> int:
@@ -33,7 +34,7 @@ def _sent_since(session: Session, since: datetime) -> int:
     if since not in counts:
         counts[since] = int(session.exec(
             select(func.count()).select_from(AutoReplyLog)
-            .where(AutoReplyLog.sent_at > since, AutoReplyLog.kind != STATUS_UPDATE)
+            .where(AutoReplyLog.sent_at > since, AutoReplyLog.kind != MailKind.STATUS_UPDATE)
         ).one())
     return counts[since]
 
@@ -107,7 +108,7 @@ def may_auto_reply(
 
 
 def record_auto_reply(
-    session: Session, recipient: str, ticket_id: int | None, kind: str, now: datetime
+    session: Session, recipient: str, ticket_id: int | None, kind: MailKind, now: datetime
 ) -> None:
     """Count one automatic mail against the windows; written with the outbox row it goes with."""
     address = normalize(recipient) or recipient.strip().lower()[:320]

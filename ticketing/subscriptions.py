@@ -24,6 +24,7 @@ from ticketing.accounts import count_attempts, record_attempt
 from ticketing.addresses import Address, normalize
 from ticketing.compose import compose
 from ticketing.conversation import is_ours
+from ticketing.mailkind import MailKind
 from ticketing.models import StatusSubscriber
 from ticketing.notifications import enqueue
 from ticketing.ratelimit import may_auto_reply, record_auto_reply
@@ -153,8 +154,8 @@ def _mail(session: Session, desk: Desk, row: StatusSubscriber, now: datetime, *,
                else f"Confirm your subscription to {support.name} status updates")
     mail = compose(settings, to=[Address(row.address)], subject=subject, text=text, html=html,
                    now=now, auto_submitted="auto-generated")  # RFC 3834: answer nothing
-    record_auto_reply(session, row.address, None, "status_subscribe", now)
-    enqueue(session, None, "status_subscribe", mail, now, settings)
+    record_auto_reply(session, row.address, None, MailKind.STATUS_SUBSCRIBE, now)
+    enqueue(session, None, MailKind.STATUS_SUBSCRIBE, mail, now, settings)
 
 
 def manage_url(subscriber_id: int, key: str, settings: Settings) -> str:
