@@ -96,6 +96,17 @@ def _copied(
     return people[:ceiling], people[ceiling:]
 
 
+def _keep(
+    session: Session, message: Message, files: list[StoredFile], kind: str, detail: str,
+    status: Status = Status.CLASSIFIED,
+) -> Outcome:
+    """A mail kept on no ticket, with what it is and why."""
+    message.kind = kind
+    message.detail = detail
+    _save(session, message, files, None)
+    return Outcome(status, None, message.id, message.detail)
+
+
 def file_classified(
     session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, message: Message,
     files: list[StoredFile], verdict: Verdict, believed: bool,
@@ -126,12 +137,10 @@ def file_postmaster(
     session: Session, desk: Desk, message: Message, files: list[StoredFile]
 ) -> Outcome:
     """Mail to postmaster@ our domain: kept, no ticket, and passed on to the operator."""
-    message.kind = "postmaster"
     readers = notifications.to_postmaster(session, desk, message, desk.clock.now())
-    message.detail = (f"to postmaster: passed on to {', '.join(readers)}" if readers
-                      else "to postmaster: kept; nobody to pass it on to (or rate-limited)")
-    _save(session, message, files, None)
-    return Outcome(Status.CLASSIFIED, None, message.id, message.detail)
+    return _keep(session, message, files, "postmaster",
+                 f"to postmaster: passed on to {', '.join(readers)}" if readers
+                 else "to postmaster: kept; nobody to pass it on to (or rate-limited)")
 
 
 def file_unsubscribe(
@@ -139,25 +148,20 @@ def file_unsubscribe(
 ) -> Outcome:
     """Mail to a status subscription's unsubscribe address (the mailto of its
     List-Unsubscribe header, RFC 2369): the subscription ends; kept, no ticket, no answer."""
-    message.kind = "unsubscribe"
     row = subscriptions.find_by_token(session, unsubscribe.token, desk.settings.support.secret)
     if row is None:
-        message.detail = "to a status unsubscribe address: no such subscription (ended already)"
+        detail = "to a status unsubscribe address: no such subscription (ended already)"
     else:
-        message.detail = f"status updates to {row.address} ended"
+        detail = f"status updates to {row.address} ended"
         subscriptions.end(session, row, "unsubscribe mail")
-    _save(session, message, files, None)
-    return Outcome(Status.CLASSIFIED, None, message.id, message.detail)
+    return _keep(session, message, files, "unsubscribe", detail)
 
 
 def file_without_sender(
     session: Session, message: Message, files: list[StoredFile]
 ) -> Outcome:
     """No usable From address and no ticket it answers: kept, no ticket."""
-    message.kind = "no_sender"
-    message.detail = "no usable From address: kept, no ticket"
-    _save(session, message, files, None)
-    return Outcome(Status.CLASSIFIED, None, message.id, message.detail)
+    return _keep(session, message, files, "no_sender", "no usable From address: kept, no ticket")
 
 
 def hold(
@@ -166,11 +170,10 @@ def hold(
 ) -> Outcome:
     """A request the sender policy keeps from opening a ticket: held, and the sender told
     how to get an account."""
-    message.kind = "held"
-    message.detail = "sender has no Help Desk account (policy: registered)"
-    _save(session, message, files, None)
+    outcome = _keep(session, message, files, "held",
+                    "sender has no Help Desk account (policy: registered)", Status.HELD)
     notifications.no_account(session, desk, held.sender, mail.subject, message, desk.clock.now())
-    return Outcome(Status.HELD, None, message.id, message.detail)
+    return outcome
 
 
 def open_new(

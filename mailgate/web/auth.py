@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mailgate.web.pages import (
+    Posted,
     current_account,
     in_thread,
     read_form,
@@ -91,12 +92,22 @@ def _password_sign_in(desk: Desk, address: str, password: str, client: str) -> s
         return start_session(session, account, now)
 
 
-async def sign_in(request: Request) -> Response:
+async def _sign_in_form(request: Request, page: str) -> tuple[Posted, str, str] | Response:
+    """A posted sign-in form, its address and the page to go on to; when the form is not
+    ours (expired, or posted from elsewhere), its page again with nothing done."""
     form, ours = await read_form(request)
     email = form.text("email", 320).strip()
     next_path = safe_next(form.get("next"))
     if not ours:
-        return render(request, "sign_in.html", 403, next=next_path, email=email, error=EXPIRED)
+        return render(request, page, 403, next=next_path, email=email, error=EXPIRED)
+    return form, email, next_path
+
+
+async def sign_in(request: Request) -> Response:
+    posted = await _sign_in_form(request, "sign_in.html")
+    if isinstance(posted, Response):
+        return posted
+    form, email, next_path = posted
     token = await in_thread(_password_sign_in, web_of(request).desk, email,
                             form.text("password", 2000), client_address(request))
     if token:
@@ -121,11 +132,10 @@ def mail_link_for(desk: Desk, address: str, client: str, purpose: str, next_path
 
 
 async def ask_for_link(request: Request) -> Response:
-    form, ours = await read_form(request)
-    email = form.text("email", 320).strip()
-    next_path = safe_next(form.get("next"))
-    if not ours:
-        return render(request, "sign_in.html", 403, next=next_path, email=email, error=EXPIRED)
+    posted = await _sign_in_form(request, "sign_in.html")
+    if isinstance(posted, Response):
+        return posted
+    _, email, next_path = posted
     await in_thread(mail_link_for, web_of(request).desk, email, client_address(request), "sign_in", next_path)
     return render(request, "check_mail.html", email=email, next=next_path, error="")
 
@@ -144,11 +154,10 @@ def _code_sign_in(desk: Desk, address: str, code: str) -> tuple[str, str] | None
 
 
 async def sign_in_with_code(request: Request) -> Response:
-    form, ours = await read_form(request)
-    email = form.text("email", 320).strip()
-    next_path = safe_next(form.get("next"))
-    if not ours:
-        return render(request, "check_mail.html", 403, email=email, next=next_path, error=EXPIRED)
+    posted = await _sign_in_form(request, "check_mail.html")
+    if isinstance(posted, Response):
+        return posted
+    form, email, next_path = posted
     found = await in_thread(_code_sign_in, web_of(request).desk, email, form.text("code", 20))
     if found is None:
         return render(request, "check_mail.html", 401, email=email, next=next_path,

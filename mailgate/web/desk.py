@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,7 +20,8 @@ from mailgate.web.pages import (
     Posted,
     agent_signed_in,
     current_account,
-    file_download,
+    download_stored,
+    file_id_of,
     in_thread,
     read_form,
     redirect,
@@ -29,7 +29,6 @@ from mailgate.web.pages import (
     web_of,
 )
 from mailgate.web.submission import reply_inbound
-from ticketing.blobs import MissingBlob
 from ticketing.commands import STATUSES
 from ticketing.conversation import reply_address, subject_tag
 from ticketing.db import StorageError, transaction
@@ -242,23 +241,8 @@ async def act(request: Request) -> Response:
     return redirect(f"/desk/tickets/{number}")
 
 
-def _file(desk: Desk, number: int, file_id: int) -> tuple[str, int, Iterator[bytes]] | None:
-    with transaction(desk.engine) as session:
-        row = file_on_ticket(session, number, file_id)
-    if row is None:
-        return None
-    try:
-        return row.filename, row.size, desk.blobs.chunks(row.sha256)
-    except MissingBlob:
-        return None
-
-
 @agents_only
 async def download(request: Request) -> Response:
     """Any file on the ticket, notes' too, handed over to save as the customers' are."""
-    file_id: int = request.path_params["file_id"]
-    found = await in_thread(_file, web_of(request).desk, _number(request),
-                            file_id if file_id < 2**62 else 0)
-    if found is None:
-        raise HTTPException(404)
-    return file_download(*found)
+    number, file_id = _number(request), file_id_of(request)
+    return await download_stored(request, lambda session: file_on_ticket(session, number, file_id))

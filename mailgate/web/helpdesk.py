@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -16,7 +15,8 @@ from mailgate.web.pages import (
     Posted,
     agent_signed_in,
     current_account,
-    file_download,
+    download_stored,
+    file_id_of,
     in_thread,
     read_form,
     redirect,
@@ -26,7 +26,6 @@ from mailgate.web.pages import (
 )
 from mailgate.web.submission import reply_inbound, request_inbound
 from ticketing.addresses import normalize
-from ticketing.blobs import MissingBlob
 from ticketing.conversation import reply_address, subject_tag
 from ticketing.db import StorageError, transaction
 from ticketing.desk import Desk
@@ -154,28 +153,13 @@ async def reply(request: Request) -> Response:
     return redirect(f"/requests/{outcome.ticket}#m{outcome.message or ''}")
 
 
-def _file(desk: Desk, address: str, number: int, file_id: int) -> tuple[str, int, Iterator[bytes]] | None:
-    with transaction(desk.engine) as session:
-        row = attachment_for(session, address, number, file_id)
-    if row is None:
-        return None
-    try:
-        return row.filename, row.size, desk.blobs.chunks(row.sha256)
-    except MissingBlob:
-        return None
-
-
 @signed_in
 async def download(request: Request) -> Response:
     """Files are handed over to save, never shown: a file is the sender's, not ours to render."""
     account: Account = request.state.account
-    file_id: int = request.path_params["file_id"]
-    found = await in_thread(_file, web_of(request).desk, account.address, _ticket_number(request),
-                            file_id if file_id < 2**62 else 0)
-    if found is None:
-        raise HTTPException(404)
-    filename, size, pieces = found
-    return file_download(filename, size, pieces)
+    number, file_id = _ticket_number(request), file_id_of(request)
+    return await download_stored(
+        request, lambda session: attachment_for(session, account.address, number, file_id))
 
 
 # --- Submit a request --------------------------------------------------------------------

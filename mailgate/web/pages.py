@@ -20,15 +20,18 @@ from jinja2 import (
     StrictUndefined,
     select_autoescape,
 )
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from mailgate.web.security import CSRF_COOKIE, SESSION_COOKIE, csrf_token, form_is_ours
 from mailgate.web.submission import Upload
+from ticketing.blobs import MissingBlob
 from ticketing.db import transaction
 from ticketing.desk import Desk
-from ticketing.models import Account
+from ticketing.models import Account, Attachment
 from ticketing.queueview import is_agent
 from ticketing.roles import role_of
 from ticketing.websessions import session_account
@@ -110,6 +113,36 @@ def file_download(filename: str, size: int, pieces: Iterator[bytes]) -> Streamin
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "private, no-store",
     })
+
+
+def _stored_file(
+    desk: Desk, find: Callable[[Session], Attachment | None]
+) -> tuple[str, int, Iterator[bytes]] | None:
+    with transaction(desk.engine) as session:
+        row = find(session)
+    if row is None:
+        return None
+    try:
+        return row.filename, row.size, desk.blobs.chunks(row.sha256)
+    except MissingBlob:
+        return None
+
+
+async def download_stored(
+    request: Request, find: Callable[[Session], Attachment | None]
+) -> Response:
+    """The file `find` names for this visitor, as file_download hands it over; 404 when
+    there is none for them, or its bytes are gone."""
+    found = await in_thread(_stored_file, web_of(request).desk, find)
+    if found is None:
+        raise HTTPException(404)
+    return file_download(*found)
+
+
+def file_id_of(request: Request) -> int:
+    """The file number in the path; a number too large for the database names no file."""
+    file_id: int = request.path_params["file_id"]
+    return file_id if file_id < 2**62 else 0
 
 
 def safe_next(value: object, default: str = "/requests") -> str:
