@@ -17,19 +17,17 @@ from __future__ import annotations
 import argparse
 import http.client
 import random
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from ingest import free_port, wait_listening
-from web import timed
+from web import sign_in, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -136,23 +134,6 @@ def fill(url: str, tickets: int, messages: int) -> int:
     return tickets // 2
 
 
-def sign_in(connection: http.client.HTTPConnection, base: str) -> str:
-    connection.request("GET", "/sign-in")
-    response = connection.getresponse()
-    body = response.read()
-    cookie = response.getheader("set-cookie", "").split(";")[0]
-    token = re.search(rb'name="csrf" value="([0-9a-f]+)"', body)
-    assert token, body[:300]
-    form = urllib.parse.urlencode({"csrf": token.group(1).decode(), "email": AGENT,
-                                   "password": PASSWORD, "next": "/desk"})
-    connection.request("POST", "/sign-in", form, {
-        "Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie, "Origin": base})
-    response = connection.getresponse()
-    response.read()
-    assert response.status == 303, response.status
-    return f"{cookie}; {response.getheader('set-cookie', '').split(';')[0]}"
-
-
 def report(name: str, times: list[float], floor: float) -> None:
     ordered = sorted(times)
     p50 = statistics.median(ordered)
@@ -193,7 +174,7 @@ def main() -> None:
                 except RuntimeError:
                     sys.exit(f"serve did not start:\n{log.read_text()}")
                 connection = http.client.HTTPConnection("127.0.0.1", web_port, timeout=120)
-                cookie = sign_in(connection, f"http://127.0.0.1:{web_port}")
+                cookie = sign_in(connection, f"http://127.0.0.1:{web_port}", AGENT, PASSWORD, "/desk")
                 n = args.requests
                 timed(connection, "/desk", cookie, 3, b"Queue")  # warm up
                 floor = timed(connection, "/sign-in", "", n, b"Sign in")

@@ -101,15 +101,17 @@ def drained(config: Path) -> None:
     engine.dispose()
 
 
-def sign_in(connection: http.client.HTTPConnection, base: str) -> str:
+def sign_in(connection: http.client.HTTPConnection, base: str, address: str = CUSTOMER,
+            password: str = PASSWORD, then: str = "/requests") -> str:
+    """Signs in with a password as a browser does; the cookies to send from then on."""
     connection.request("GET", "/sign-in")
     response = connection.getresponse()
     body = response.read()
     cookie = response.getheader("set-cookie", "").split(";")[0]
     token = re.search(rb'name="csrf" value="([0-9a-f]+)"', body)
     assert token, body[:300]
-    form = urllib.parse.urlencode({"csrf": token.group(1).decode(), "email": CUSTOMER,
-                                   "password": PASSWORD, "next": "/requests"})
+    form = urllib.parse.urlencode({"csrf": token.group(1).decode(), "email": address,
+                                   "password": password, "next": then})
     connection.request("POST", "/sign-in", form, {
         "Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie, "Origin": base})
     response = connection.getresponse()
