@@ -210,3 +210,43 @@ def test_an_agent_opens_an_incident_and_attaches_a_ticket_in_a_browser(
         page.wait_for_selector(".meta >> text=resolved")
         hd.mails_to(CAROL, "Re: [#1]")
     assert _incident(desk, 1)[0] == "resolved"
+
+
+def test_the_same_incident_form_sent_twice_acts_once_and_mails_once(
+    desks: Callable[..., Desk], relay: Relay,
+) -> None:
+    """A double click, or a browser sending the POST again: the second answers as the
+    first did and changes nothing, so no subscriber is mailed twice."""
+    desk = _desk(desks, relay)
+    with helpdesk(desk, relay) as hd:
+        assert _subscribe(hd, ANN)[0] == 200
+        assert _press_confirm(hd, _confirm_link(hd, ANN))[0] == 303
+        alice = _agent(hd)
+
+        def twice(page: str, action: str, fields: dict[str, str]) -> list[tuple[int, str]]:
+            _, _, body = alice.get(page)
+            form = {"csrf": _field(body, "csrf"), "nonce": _field(body, "nonce"), **fields}
+            answers = []
+            for _ in range(2):
+                status, headers, _ = alice.post(action, form, {"Origin": alice.base})
+                answers.append((status, headers.get("Location") or ""))
+            return answers
+
+        assert twice("/desk/incidents", "/desk/incidents", {
+            "title": TITLE, "components": "Dashboard", "state": "investigating",
+            "message": "Looking."}) == [(303, "/desk/incidents/1")] * 2
+        assert twice("/desk/incidents/1", "/desk/incidents/1/update", {
+            "state": "identified", "message": "A bad cache node."},
+        ) == [(303, "/desk/incidents/1")] * 2
+        _, _, shown = alice.get("/desk/incidents/1")
+        assert shown.decode().count("A bad cache node.") == 1
+        assert twice("/desk/incidents/1", "/desk/incidents/1/resolve", {
+            "message": "All dashboards load."}) == [(303, "/desk/incidents/1")] * 2
+        hd.mails_to(ANN, f"{STATUS_TAG} {TITLE}: Resolved")
+        relay.settle()
+    with transaction(desk.engine) as session:
+        assert session.exec(select(Incident.id)).all() == [1]
+    assert _incident(desk, 1) == ("resolved", [
+        "Looking.", "A bad cache node.", "All dashboards load."])
+    assert sorted(str(r.message["Subject"]) for r in _status_mails(relay, ANN)) == [
+        f"{STATUS_TAG} {TITLE}: {state}" for state in ("Identified", "Investigating", "Resolved")]

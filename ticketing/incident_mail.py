@@ -29,6 +29,7 @@ from ticketing.incidents import (
     describe,
     open_incident,
     post_update,
+    posted_by_form,
     tickets_of,
 )
 from ticketing.mailkind import MailKind
@@ -229,13 +230,18 @@ def tell_attached_tickets(session: Session, desk: Desk, incident: Incident,
 
 def open_and_tell(
     desk: Desk, title: str, *, components: list[str], state: str, message: str, author: str,
+    form_key: str | None = None,
 ) -> tuple[dict[str, Any], Told]:
-    """Open an incident and mail its subscribers, in one transaction."""
+    """Open an incident and mail its subscribers, in one transaction. A form_key already
+    used opens nothing and sends nothing: the incident it opened is answered."""
     now = desk.clock.now()
     with transaction(desk.engine) as session:
+        done = posted_by_form(session, form_key)
+        if done is not None:
+            return describe(session, done), Told(0, 0)
         incident, posted = open_incident(
             session, title, components=components, state=state, message=message,
-            author=author, now=now, known=desk.settings.status.components)
+            author=author, now=now, known=desk.settings.status.components, form_key=form_key)
         told = publish(session, desk, incident, posted, now)
         shown = describe(session, incident)
     desk.committed(pages=False)
@@ -244,18 +250,22 @@ def open_and_tell(
 
 def update_and_tell(
     desk: Desk, number: int, *, state: str | None, message: str, author: str,
-    tell_tickets: bool = False,
+    tell_tickets: bool = False, form_key: str | None = None,
 ) -> tuple[dict[str, Any], Told]:
     """Post an update (state "resolved" resolves it) and send what it sends: subscribers
     (and, when asked on resolving, the attached tickets) are told in the same
-    transaction, so an update is never kept without its mails."""
+    transaction, so an update is never kept without its mails. A form_key already used
+    posts nothing and sends nothing."""
     now = desk.clock.now()
     with transaction(desk.engine) as session:
         incident = session.get(Incident, number) if 0 < number < 2**62 else None
         if incident is None:
             raise NoIncident(f"no incident {number}")
+        done = posted_by_form(session, form_key)
+        if done is not None:
+            return describe(session, done), Told(0, 0)
         posted = post_update(session, incident, state=state, message=message, author=author,
-                             now=now)
+                             now=now, form_key=form_key)
         told = publish(session, desk, incident, posted, now, tell_tickets=tell_tickets)
         shown = describe(session, incident)
     desk.committed(pages=False)

@@ -47,7 +47,7 @@ def components_of(incident: Incident) -> list[str]:
 
 def open_incident(
     session: Session, title: str, *, components: list[str], state: str, message: str,
-    author: str, now: datetime, known: tuple[str, ...],
+    author: str, now: datetime, known: tuple[str, ...], form_key: str | None = None,
 ) -> tuple[Incident, IncidentUpdate]:
     """A new incident with its first update."""
     if not title.strip():
@@ -62,7 +62,7 @@ def open_incident(
     session.info.pop(OPEN_KNOWN, None)
     assert incident.id is not None
     update = IncidentUpdate(incident_id=incident.id, at=now, state=state, text=message.strip(),
-                            author=author[:320])
+                            author=author[:320], form_key=form_key)
     session.add(update)
     session.flush()
     return incident, update
@@ -70,7 +70,7 @@ def open_incident(
 
 def post_update(
     session: Session, incident: Incident, *, state: str | None, message: str, author: str,
-    now: datetime,
+    now: datetime, form_key: str | None = None,
 ) -> IncidentUpdate:
     """An update: a new state, a text, or both. Resolving sets the time it ended."""
     new_state = check_state(state) if state else incident.state
@@ -85,7 +85,7 @@ def post_update(
     session.info.pop(OPEN_KNOWN, None)
     assert incident.id is not None
     update = IncidentUpdate(incident_id=incident.id, at=now, state=new_state,
-                            text=message.strip(), author=author[:320])
+                            text=message.strip(), author=author[:320], form_key=form_key)
     session.add(update)
     session.flush()
     return update
@@ -102,6 +102,16 @@ def attach(session: Session, incident: Incident, ticket: Ticket, actor: Actor,
     actor.record(session, ticket, "incident", new=str(incident.id), now=now,
                  detail=incident.title)
     return True
+
+
+def posted_by_form(session: Session, form_key: str | None) -> Incident | None:
+    """The incident a form with this key already posted to, if it did."""
+    if not form_key:
+        return None
+    return session.exec(
+        select(Incident).join(IncidentUpdate, col(IncidentUpdate.incident_id) == Incident.id)
+        .where(IncidentUpdate.form_key == form_key)
+    ).first()
 
 
 def open_incidents(session: Session) -> list[Incident]:

@@ -319,6 +319,8 @@ class IncidentUpdate(SQLModel, table=True):
     state: str = Field(max_length=16)
     text: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     author: str = Field(default="", max_length=320)
+    # The signed nonce of the web form that posted it: the same form sent again posts nothing.
+    form_key: str | None = Field(default=None, max_length=320, unique=True, index=True)
 
 
 class IncidentTicket(SQLModel, table=True):

@@ -40,7 +40,7 @@ EXPIRED = "This page had expired, so nothing was sent. Please check the form and
 _NONCE = re.compile(r"[0-9a-f]{32}")
 
 
-def _nonce(form: Posted | None = None) -> str:
+def form_nonce(form: Posted | None = None) -> str:
     sent = form.get("nonce") if form is not None else None
     return sent if isinstance(sent, str) and _NONCE.fullmatch(sent) else secrets.token_hex(16)
 
@@ -118,7 +118,7 @@ async def _show_ticket(request: Request, text: str, error: str, status: int,
     if view is None:
         raise HTTPException(404)
     return render(request, "ticket.html", status, view=view, tag=subject_tag(view.ticket.id or 0),
-                  text=text, error=error, nonce=nonce or _nonce())
+                  text=text, error=error, nonce=nonce or form_nonce())
 
 
 @signed_in
@@ -127,7 +127,7 @@ async def reply(request: Request) -> Response:
     desk = web_of(request).desk
     form, ours = await read_form(request)
     text = form.text("text", 1_000_000)
-    nonce = _nonce(form)
+    nonce = form_nonce(form)
     if not ours:
         return await _show_ticket(request, text, EXPIRED, 403, nonce)
     number = _ticket_number(request)
@@ -167,7 +167,7 @@ async def download(request: Request) -> Response:
 
 async def _form_page(request: Request, status: int = 200, **values: Any) -> Response:
     fields = {"cc": "", "subject": "", "description": "", "severity": "S3", "confirm": False,
-              "error": "", "ask_confirm": False, "nonce": _nonce()} | values
+              "error": "", "ask_confirm": False, "nonce": form_nonce()} | values
     incidents = await in_thread(_open_incidents, web_of(request).desk)
     return render(request, "new_request.html", status, levels=_levels(), incidents=incidents,
                   **fields)
@@ -199,7 +199,7 @@ async def submit_request(request: Request) -> Response:
         "description": form.text("description", 1_000_000),
         "severity": form.text("severity", 4) or "S3",
         "confirm": form.get("confirm") == "yes",
-        "nonce": _nonce(form),
+        "nonce": form_nonce(form),
     }
     if not ours:
         return await _form_page(request, 403, error=EXPIRED, **values)
