@@ -143,7 +143,7 @@ async def serve(
         log.warning("removed %d half-written file(s) from %s (a full disk or a crash)",
                     removed, settings.storage_path / "blobs")
     from mailgate.monitoring import Monitor
-    from mailgate.web.server import listen, run_app, run_web
+    from mailgate.web.server import listen, run_server, web_app, web_server
 
     monitor = Monitor(desk)
     # This process's desk: each commit wakes the workers, each mail in is counted.
@@ -188,11 +188,11 @@ async def serve(
     web_task = None
     if web_socket is not None:
         web_task = asyncio.create_task(
-            run_web(desk, web_socket, executor, stop, monitor.request), name="web")
+            run_server(web_app(desk, executor, monitor.request), web_socket, stop), name="web")
         log.info("Help Desk on %s", settings.web.url)
     if monitoring_socket is not None:
-        tasks.append(asyncio.create_task(run_app(monitor.app(), monitoring_socket, stop),
-                                         name="monitoring"))
+        tasks.append(asyncio.create_task(
+            run_server(web_server(monitor.app()), monitoring_socket, stop), name="monitoring"))
         where = monitoring_socket.getsockname()
         log.info("monitoring on http://%s:%s/metrics", where[0], where[1])
     for box in settings.imap:

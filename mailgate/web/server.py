@@ -45,15 +45,15 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def run_web(desk: Desk, sock: socket.socket, ingest_executor: Executor,
-                  stop: asyncio.Event,
-                  observe: Callable[[str, float], None] | None = None) -> None:
-    """Serve the Help Desk until `stop` is set; requests in hand are finished first."""
-    await run_app(create_app(desk, ingest_executor, observe), sock, stop)
+def web_app(desk: Desk, ingest_executor: Executor,
+            observe: Callable[[str, float], None] | None = None) -> WebServer:
+    """The Help Desk's server, ready to run."""
+    return web_server(create_app(desk, ingest_executor, observe))
 
 
-async def run_app(app: ASGIApp, sock: socket.socket, stop: asyncio.Event) -> None:
-    """Serve one app on a bound socket until `stop` is set."""
+def web_server(app: ASGIApp) -> WebServer:
+    """A server for one app with everything it imports already loaded: at start-up, not
+    once serving, when the open-files limit may already be reached."""
     config = uvicorn.Config(
         app, log_config=None, lifespan="off",
         # Tokens travel in paths: no access log. Forwarded headers are not believed,
@@ -61,7 +61,12 @@ async def run_app(app: ASGIApp, sock: socket.socket, stop: asyncio.Event) -> Non
         access_log=False, proxy_headers=False, server_header=False, date_header=True,
         timeout_graceful_shutdown=10,
     )
-    server = WebServer(config)
+    config.load()
+    return WebServer(config)
+
+
+async def run_server(server: WebServer, sock: socket.socket, stop: asyncio.Event) -> None:
+    """Serve on a bound socket until `stop` is set; requests in hand are finished first."""
     task = asyncio.create_task(server.serve(sockets=[sock]), name="web")
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
