@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,35 @@ def test_sign_in_mails_are_limited_per_address_and_per_client(
         assert _sent_to(hd, CAROL) == ["sign_in"] * 3  # the fourth: over the address limit
         # The client asked 5 times before Dan's second: only his first went.
         assert _sent_to(hd, "dan@client.test") == ["sign_in"]
+
+
+def test_link_asks_sent_at_once_stay_within_the_limit(
+    desks: Callable[..., Desk], relay: Relay
+) -> None:
+    """Asks that race each other are counted one after another: none slips past the
+    per-address limit because the others were not recorded yet."""
+    desk = _desk(desks, relay, web={"mails_per_address_per_hour": 2,
+                                    "mails_per_client_per_hour": 100})
+    with helpdesk(desk, relay) as hd:
+        hd.add_account(CAROL)
+        clients = [WebClient(hd.url) for _ in range(12)]
+        tokens = [client.token("/sign-in") for client in clients]
+        start = threading.Barrier(len(clients))
+        answers: list[int] = []
+
+        def ask(client: WebClient, token: str) -> None:
+            start.wait()
+            status, _, _ = client.post("/sign-in/link", {"csrf": token, "email": CAROL},
+                                       {"Origin": hd.url})
+            answers.append(status)
+
+        threads = [threading.Thread(target=ask, args=pair) for pair in zip(clients, tokens)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert answers == [200] * len(clients)
+        assert _sent_to(hd, CAROL) == ["sign_in"] * 2
 
 
 def test_a_disabled_account_is_signed_out_and_cannot_sign_in_again(

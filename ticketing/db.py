@@ -177,3 +177,11 @@ def migrate(engine: Engine) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
     command.upgrade(config, "head")
+
+
+def one_at_a_time(session: Session, lock: int) -> None:
+    """Transactions that pass the same lock number go on from here one after another, each
+    waiting for the one before to end: so what one counted (asks in the last hour, say)
+    still holds when it writes. SQLite has one writer at a time already."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})

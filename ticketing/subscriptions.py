@@ -17,13 +17,14 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, text, update
+from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from ticketing.accounts import count_attempts, record_attempt
 from ticketing.addresses import Address, normalize
 from ticketing.compose import compose
 from ticketing.conversation import is_ours
+from ticketing.db import one_at_a_time
 from ticketing.mailkind import MailKind
 from ticketing.models import StatusSubscriber
 from ticketing.notifications import enqueue
@@ -84,24 +85,17 @@ def token_among(addresses: Iterable[str], settings: Settings) -> str | None:
                  if t is not None), None)
 
 
-# The PostgreSQL lock that asks take in turn (any number: this one spells "mgsu").
-_ASK_LOCK = 0x6D677375
-
-
-def _one_ask_at_a_time(session: Session) -> None:
-    """Asks wait for each other until they commit, so two sent at once can neither both
-    pass a limit counted before either is recorded, nor both add a row for one new
-    address (the loser's error would tell the address was new). SQLite has one writer
-    at a time already."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ASK_LOCK})
+# Asks wait for each other until they commit, so two sent at once can neither both pass
+# a limit counted before either is recorded, nor both add a row for one new address (the
+# loser's error would tell the address was new). Any number: this one spells "mgsu".
+_ASKS = 0x6D677375
 
 
 def ask(session: Session, desk: Desk, address: str, client: str, now: datetime) -> bool:
     """Someone asked for updates to `address` from `client`: mail the confirmation link
     (or, when the address is subscribed already, its manage link) unless a limit or the
     address forbids it. The caller answers alike whatever this returns."""
-    _one_ask_at_a_time(session)
+    one_at_a_time(session, _ASKS)
     settings = desk.settings
     address = normalize(address)
     since = now - WINDOW
