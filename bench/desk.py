@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from ingest import free_port, wait_listening
-from web import sign_in, timed
+from web import report, sign_in, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 MAILGATE = [sys.executable, "-m", "mailgate.cli"]
 AGENT = "agent@example.com"
 PASSWORD = "bench password 1234"
+WIDTH = 36  # the longest name printed
 RARE = "zeppelin"  # in about one mail in 2,000
 COMMON = "export"  # in about one mail in 10
 BATCH = 5000
@@ -134,14 +135,6 @@ def fill(url: str, tickets: int, messages: int) -> int:
     return tickets // 2
 
 
-def report(name: str, times: list[float], floor: float) -> None:
-    ordered = sorted(times)
-    p50 = statistics.median(ordered)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    print(f"{name:<36} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   x{p50 / floor:6.1f}   "
-          f"({len(ordered)} requests)")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tickets", type=int, default=10_000)
@@ -178,16 +171,16 @@ def main() -> None:
                 n = args.requests
                 timed(connection, "/desk", cookie, 3, b"Queue")  # warm up
                 floor = timed(connection, "/sign-in", "", n, b"Sign in")
-                report("sign-in page (no database)", floor, statistics.median(floor))
                 base = statistics.median(floor)
+                report("sign-in page (no database)", floor, base, WIDTH)
                 report("Queue (open and pending, 200)", timed(
-                    connection, "/desk", cookie, n, b"tickets/"), base)
+                    connection, "/desk", cookie, n, b"tickets/"), base, WIDTH)
                 report(f"ticket page #{number} (10 mails)", timed(
-                    connection, f"/desk/tickets/{number}", cookie, n, b"History"), base)
+                    connection, f"/desk/tickets/{number}", cookie, n, b"History"), base, WIDTH)
                 report(f"search '{RARE}' (rare, all statuses)", timed(
-                    connection, f"/desk?status=all&q={RARE}", cookie, n, b"tickets/"), base)
+                    connection, f"/desk?status=all&q={RARE}", cookie, n, b"tickets/"), base, WIDTH)
                 report(f"search '{COMMON}' (1 mail in 10)", timed(
-                    connection, f"/desk?status=all&q={COMMON}", cookie, n, b"tickets/"), base)
+                    connection, f"/desk?status=all&q={COMMON}", cookie, n, b"tickets/"), base, WIDTH)
             finally:
                 serve.terminate()
                 serve.wait(30)

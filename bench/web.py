@@ -134,11 +134,17 @@ def timed(connection: http.client.HTTPConnection, path: str, cookie: str, count:
     return times
 
 
-def report(name: str, times: list[float]) -> None:
+def report(name: str, times: list[float], floor: float | None = None, width: int = 28) -> None:
+    """p50 and p99 of request times in ms; with `floor`, the p50 as a ratio of it."""
     ordered = sorted(times)
+    p50 = statistics.median(ordered)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    print(f"{name:<28} p50 {statistics.median(ordered):6.1f} ms   p99 {p99:6.1f} ms   "
-          f"({len(ordered)} requests)")
+    if floor is None:
+        print(f"{name:<{width}} p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   "
+              f"({len(ordered)} requests)")
+    else:
+        print(f"{name:<{width}} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   x{p50 / floor:6.1f}   "
+              f"({len(ordered)} requests)")
 
 
 def main() -> None:
