@@ -21,8 +21,8 @@ from sqlmodel import Session
 from ticketing.blobs import FolderBlobs
 from ticketing.db import StorageError, mail_fault, transaction
 from ticketing.inbound import Inbound, Outcome
-from ticketing.incidents import OPEN_KNOWN
 from ticketing.ingest import Prepared, prepare, record, store, stored
+from ticketing.txstate import state_of
 
 if TYPE_CHECKING:
     from ticketing.desk import Desk
@@ -103,17 +103,13 @@ def _begin(session: Session) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-# Answers that no mail being stored can change, read once for the whole batch.
-_BATCH_WIDE = (OPEN_KNOWN,)
-
-
 def fresh_view(session: Session) -> None:
     """A fresh view for the next mail of a batch, as in a transaction of its own: no object
     or cached answer of the mails before it (they are written; what it needs it reads
     again), but for the open incidents, which storing mail never changes."""
-    kept = {key: session.info[key] for key in _BATCH_WIDE if key in session.info}
+    open_incidents = state_of(session).open_incidents
     session.info.clear()
-    session.info.update(kept)
+    state_of(session).open_incidents = open_incidents
     session.expunge_all()
 
 

@@ -9,11 +9,11 @@ from sqlmodel import Session, col, select
 
 from ticketing.audit import Actor
 from ticketing.models import Incident, IncidentTicket, IncidentUpdate, Ticket
+from ticketing.txstate import state_of
 
 STATES = ("investigating", "identified", "monitoring", "resolved")
 # The open incidents as read in this transaction, kept in its info (and across the mails
 # of one group commit); opening or updating an incident drops them.
-OPEN_KNOWN = "open_incidents"
 
 
 class IncidentError(ValueError):
@@ -59,7 +59,7 @@ def open_incident(
                         components=",".join(names)[:2000], opened_at=now, updated_at=now)
     session.add(incident)
     session.flush()
-    session.info.pop(OPEN_KNOWN, None)
+    state_of(session).open_incidents = None
     assert incident.id is not None
     update = IncidentUpdate(incident_id=incident.id, at=now, state=state, text=message.strip(),
                             author=author[:320], form_key=form_key)
@@ -82,7 +82,7 @@ def post_update(
     incident.updated_at = now
     incident.resolved_at = now if new_state == "resolved" else None
     session.add(incident)
-    session.info.pop(OPEN_KNOWN, None)
+    state_of(session).open_incidents = None
     assert incident.id is not None
     update = IncidentUpdate(incident_id=incident.id, at=now, state=new_state,
                             text=message.strip(), author=author[:320], form_key=form_key)
@@ -132,15 +132,15 @@ def incidents_of(session: Session, ticket_id: int) -> list[Incident]:
 def open_incident_titles(session: Session) -> list[tuple[int, str, str]]:
     """(number, title, state) of each incident not yet resolved, newest first: read once
     a transaction; opening or updating an incident in it reads them again."""
-    known: list[tuple[int, str, str]] | None = session.info.get(OPEN_KNOWN)
-    if known is None:
+    state = state_of(session)
+    if state.open_incidents is None:
         with session.no_autoflush:  # mail being stored changes no incident
             rows = session.exec(
                 select(Incident.id, Incident.title, Incident.state)
                 .where(Incident.state != "resolved").order_by(col(Incident.id).desc())
             ).all()
-        known = session.info[OPEN_KNOWN] = [(int(n or 0), t, s) for n, t, s in rows]
-    return known
+        state.open_incidents = [(int(n or 0), t, s) for n, t, s in rows]
+    return state.open_incidents
 
 
 def updates_of(session: Session, incident_id: int) -> list[IncidentUpdate]:

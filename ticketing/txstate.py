@@ -29,6 +29,9 @@ class TransactionState:
     bouncing: dict[str, bool] = field(default_factory=dict)
     # The ceiling on automatic mail an hour was reached and said in the log.
     ceiling_told: bool = False
+    # (number, title, state) of each incident not yet resolved; storing mail never changes
+    # them, so a batch of mails keeps them, and opening or updating an incident forgets them.
+    open_incidents: list[tuple[int, str, str]] | None = None
 
 
 def state_of(session: Session) -> TransactionState:
