@@ -20,7 +20,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from tests.servers import POSTGRES_URL, missing, postgres_url
+from tests.servers import POSTGRES_URL, missing, postgres_url, without_waiting_for_disk
 
 # Everything a test could change about a database besides its rows: relations and their
 # columns, indexes, constraints, triggers, functions, types, rules, policies, grants,
@@ -143,6 +143,7 @@ class PostgresPool:
         try:
             with self.admin.connect() as connection:
                 connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+                connection.execute(text(without_waiting_for_disk(name)))
         except DBAPIError as exc:
             missing(f"PostgreSQL does not answer at {POSTGRES_URL}: {exc}")
         self.made.add(name)

@@ -119,6 +119,15 @@ def postgres_url(database: str, password: str | None = None) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def without_waiting_for_disk(database: str) -> str:
+    """The statement that lets a test database's commits return before PostgreSQL has
+    flushed them to disk. What the tests check stays the same: a commit is visible to every
+    other connection at once and outlives the client (a killed `serve` included); only a
+    crash of the PostgreSQL server itself could lose it, and the tests never crash it. The
+    product's own connections keep the server's setting."""
+    return f'ALTER DATABASE "{database}" SET synchronous_commit = off'
+
+
 @contextmanager
 def scratch_database(prefix: str, template: str | None = None,
                      migrated: bool = False) -> Iterator[str]:
@@ -135,6 +144,7 @@ def scratch_database(prefix: str, template: str | None = None,
             with admin.connect() as connection:
                 like = f' TEMPLATE "{template}"' if template else ""
                 connection.execute(text(f'CREATE DATABASE "{name}"{like}'))
+                connection.execute(text(without_waiting_for_disk(name)))
         except Exception as exc:
             missing(f"PostgreSQL does not answer at {POSTGRES_URL}: {exc}")
         if migrated:
