@@ -174,36 +174,77 @@ class GuardedSMTP(SMTP):
     async def _receive(self, mail: io.BytesIO) -> str | None:
         """Read the mail up to the line holding one dot, dots doubled at a line's start
         undone (RFC 5321 4.5.2). Returns the refusal to answer once the whole mail is in
-        (552 past the size limit, 500 for a line longer than the reader holds), '' for
-        none, None when the connection closed first."""
+        (552 past the size limit, 500 for a line longer than line_length_limit), '' for
+        none, None when the connection closed first.
+
+        The mail is read in large pieces, not line by line (a 68 MB mail is a million
+        lines): each piece ends at a dot before CRLF, or is as much as the reader holds
+        without one. Such a dot ends the mail when it starts a line."""
         limit = self.data_size_limit
         refusal = ""
         size = 0
-        line_start = True
+        last = b"\r\n"  # the last bytes read: the DATA command's own CRLF at first
+        line = 0  # the length of the line read last, while it is unfinished
+        held = b""  # a CR that ended the last piece: the next may start with its LF
         while self.transport is not None:
             try:
-                piece = await self._reader.readuntil(b"\r\n")
+                piece = await self._reader.readuntil(b".\r\n")
             except asyncio.LimitOverrunError as exc:
-                refusal = refusal or "500 Line too long (see RFC5321 4.5.3.1.6)"
+                # No dot before CRLF in all the reader holds: all of it but the last
+                # bytes, which may begin one, is mail.
                 piece = await self._reader.read(exc.consumed)
             except asyncio.CancelledError:
                 self._writer.close()
                 raise
-            if line_start and piece == b".\r\n":
-                return refusal
+            if not piece:
+                return None
+            ends = (last + piece[-5:]).endswith(b"\r\n.\r\n")
+            line_start = last.endswith(b"\r\n")
+            line = self._line_after(piece, line, last.endswith(b"\r"))
+            last = piece[-2:]
+            if ends:
+                piece = piece[:-3]
             size += len(piece)
+            if line < 0:
+                refusal = refusal or "500 Line too long (see RFC5321 4.5.3.1.6)"
             if limit and size > limit:
                 refusal = refusal or "552 Error: Too much mail data"
             if refusal:
+                held = b""
                 if mail.tell():
                     mail.seek(0)
                     mail.truncate()  # nothing of a refused mail is kept while the rest comes
-            elif line_start and piece.startswith(b"."):
-                mail.write(memoryview(piece)[1:])
             else:
-                mail.write(piece)
-            line_start = piece.endswith(b"\r\n")
+                text = held + piece
+                if line_start and text.startswith(b"."):
+                    text = text[1:]
+                text = text.replace(b"\r\n.", b"\r\n")
+                held = b"\r" if text.endswith(b"\r") and not ends else b""
+                mail.write(memoryview(text)[: len(text) - len(held)])
+            if ends:
+                return refusal
         return None
+
+    def _line_after(self, piece: bytes, line: int, cr: bool) -> int:
+        """The length of the line piece leaves unfinished, given that of the line before
+        it (cr: that one ended in a CR); -1 once a line is longer than line_length_limit."""
+        most = self.line_length_limit
+        start = 0
+        if cr and piece.startswith(b"\n"):
+            line, start = 0, 1  # the CR and this LF end the line before
+        first = piece.find(b"\r\n", start)
+        if first < 0:
+            line += len(piece) - start
+        else:
+            if line + first - start > most:
+                return -1
+            end = piece.rfind(b"\r\n")
+            if end - first - 2 > most and max(
+                    map(len, piece[first + 2 : end].split(b"\r\n"))) > most:
+                return -1
+            line = len(piece) - end - 2
+        # A CR at the end may be the first half of the CRLF that ends the line.
+        return line if line - piece.endswith(b"\r") <= most else -1
 
     def _count(self, step: int) -> None:
         if (step > 0) == self._counted:
