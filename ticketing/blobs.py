@@ -55,7 +55,7 @@ def blob_store(settings: Settings, engine: Engine) -> BlobStore:
     return folder
 
 
-_REMEMBERED = 4096  # files a FolderBlobs remembers having made durable
+_REMEMBERED = 16384  # files a FolderBlobs remembers having made durable: more than a mail holds
 
 
 class FolderBlobs:
