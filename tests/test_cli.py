@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from tests import commands
 from tests.harness import Relay, request, send, wait_until_sent
 from tests.servers import free_port
 
-MAILGATE = [sys.executable, "-m", "mailgate"]
+MAILGATE = commands.MAILGATE
 
 
 def write_config(tmp_path: Path, database_url: str, **extra: str) -> Path:
@@ -47,9 +47,11 @@ def run(config: Path, *args: str, stdin: bytes = b"",
         trace_imports: bool = False) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
     if trace_imports:  # every module the call imports, one line each on stderr
+        # What a fresh interpreter imports: a new process, not a forked one.
         env["PYTHONPROFILEIMPORTTIME"] = "1"
-    return subprocess.run([*MAILGATE, "--config", str(config), *args], input=stdin,
-                          capture_output=True, timeout=120, env=env, check=False)
+        return subprocess.run([*MAILGATE, "--config", str(config), *args], input=stdin,
+                              capture_output=True, timeout=120, env=env, check=False)
+    return commands.run(["--config", str(config), *args], input=stdin, env=env, timeout=120)
 
 
 @pytest.fixture
@@ -150,12 +152,11 @@ def test_agents_add_makes_an_agent(config: Path) -> None:
 
 
 @contextmanager
-def serving_process(config: Path) -> Iterator[subprocess.Popen[bytes]]:
+def serving_process(config: Path) -> Iterator[commands.Command]:
     """`mailgate serve` as its own process, its log in a file beside the config."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
-    with open(config.with_suffix(".log"), "ab") as log, subprocess.Popen(
-        [*MAILGATE, "--config", str(config), "serve"],
-        stdout=subprocess.PIPE, stderr=log, env=env,
+    with open(config.with_suffix(".log"), "ab") as log, commands.Command(
+        ["--config", str(config), "serve"], stdout=commands.PIPE, stderr=log, env=env,
     ) as process:
         assert process.stdout is not None
         line = process.stdout.readline()
