@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import commands
 from tests.harness import request
 from tests.servers import free_port
-from tests.test_cli import MAILGATE, run, write_config
+from tests.test_cli import run, write_config
 
 
 def _env() -> dict[str, str]:
@@ -60,8 +61,8 @@ def test_tickets_show_into_head_ends_quietly(tmp_path: Path) -> None:
                     stdin=request("Long log", body).as_bytes())
     assert delivered.returncode == 0, delivered.stderr
     # `mailgate tickets show 1 | head -1`: head reads a line and goes away.
-    with subprocess.Popen([*MAILGATE, "--config", str(config), "tickets", "show", "1"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()) as shown:
+    with commands.Command(["--config", str(config), "tickets", "show", "1"],
+                          stdout=commands.PIPE, stderr=commands.PIPE, env=_env()) as shown:
         assert shown.stdout is not None and shown.stderr is not None
         assert shown.stdout.readline().startswith(b"Ticket #1")
         shown.stdout.close()
@@ -72,16 +73,14 @@ def test_tickets_show_into_head_ends_quietly(tmp_path: Path) -> None:
 
 
 def test_version_and_config_after_the_subcommand(tmp_path: Path) -> None:
-    version = subprocess.run([*MAILGATE, "--version"], capture_output=True, env=_env(),
-                             check=False)
+    version = commands.run(["--version"], env=_env())
     assert version.returncode == 0
     assert version.stdout.decode().startswith("mailgate 0.")
     config = write_config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    init = subprocess.run([*MAILGATE, "init", "--config", str(config)], capture_output=True,
-                          env=_env(), check=False, cwd=tmp_path)
+    init = commands.run(["init", "--config", str(config)], env=_env(), cwd=tmp_path)
     assert init.returncode == 0, init.stderr
-    listed = subprocess.run([*MAILGATE, "tickets", "list", "--config", str(config)],
-                            capture_output=True, env=_env(), check=False, cwd=tmp_path)
+    listed = commands.run(["tickets", "list", "--config", str(config)], env=_env(),
+                          cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert (tmp_path / "db.sqlite3").exists()
     assert not (tmp_path / "data" / "mailgate.sqlite3").exists()  # not the built-in default

@@ -7,7 +7,6 @@ import resource
 import signal
 import smtplib
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -15,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import commands
 from tests.harness import Relay, request, send, serving
 from tests.servers import POSTGRES_URL, free_port, postgres_url
-from tests.test_cli import MAILGATE, write_config
+from tests.test_cli import write_config
 from ticketing.desk import Desk
 
 
@@ -70,9 +70,8 @@ def test_serve_waits_for_a_database_that_is_not_there_yet(
     admin = create_engine("postgresql+psycopg://" + POSTGRES_URL.removeprefix("postgresql://"),
                           isolation_level="AUTOCOMMIT")
     try:
-        with open(log, "ab") as handle, subprocess.Popen(
-            [*MAILGATE, "--config", str(config), "serve"], stdout=subprocess.PIPE,
-            stderr=handle, env=env,
+        with open(log, "ab") as handle, commands.Command(
+            ["--config", str(config), "serve"], stdout=commands.PIPE, stderr=handle, env=env,
         ) as process:
             try:
                 assert _wait_for_line(log, "database not reachable at"), log.read_text()
@@ -118,10 +117,6 @@ def test_connections_over_the_overall_ceiling_are_told_to_come_back(
                 client.close()
 
 
-def _low_file_limit() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (FILE_LIMIT, FILE_LIMIT))
-
-
 FILE_LIMIT = 64
 
 
@@ -131,13 +126,13 @@ def test_running_out_of_file_descriptors_is_logged_once_a_minute(tmp_path: Path)
                           smtp=f"port = {port}\nmax_connections_per_client = 0\n"
                                "max_connections = 0")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
-    assert subprocess.run([*MAILGATE, "--config", str(config), "init"], env=env,
-                          capture_output=True, timeout=120, check=False).returncode == 0
+    assert commands.run(["--config", str(config), "init"], env=env,
+                        timeout=120).returncode == 0
     log = config.with_suffix(".log")
     held: list[socket.socket] = []
-    with open(log, "ab") as handle, subprocess.Popen(
-        [*MAILGATE, "--config", str(config), "serve"], stdout=subprocess.PIPE, stderr=handle,
-        env=env, preexec_fn=_low_file_limit,
+    with open(log, "ab") as handle, commands.Command(
+        ["--config", str(config), "serve"], stdout=commands.PIPE, stderr=handle, env=env,
+        rlimits={resource.RLIMIT_NOFILE: (FILE_LIMIT, FILE_LIMIT)},
     ) as process:
         try:
             assert process.stdout is not None
