@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -58,6 +59,18 @@ def _handover_target(config: str | None) -> tuple[str, int, int, str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The process's entry: runs one command, after which the process ends."""
+    try:
+        return _command(argv)
+    finally:
+        # Everything the command built goes with the process. Frozen, it is left out of
+        # the interpreter's last collections at exit, which otherwise take a command that
+        # loaded the application some 0.4 s of CPU (seconds on a busy machine) after its
+        # work is done: `serve` would exit that long after logging "stopped".
+        gc.freeze()
+
+
+def _command(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _handover_arguments(argv)
     target = _handover_target(args.get("--config")) if args is not None else None
