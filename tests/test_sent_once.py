@@ -100,7 +100,7 @@ def test_a_send_the_database_could_not_record_is_recorded_when_it_is_back_not_se
         switch(False)
         assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a",
                            unrecorded=kept) == 2
-        received = Counter(r.message["Message-ID"] for r in relay.settle(quiet=0.3))
+        received = Counter(r.message["Message-ID"] for r in relay.received)
         with transaction(desk.engine) as session:
             rows = session.exec(select(Outbox).order_by(col(Outbox.id))).all()
     finally:
@@ -111,24 +111,31 @@ def test_a_send_the_database_could_not_record_is_recorded_when_it_is_back_not_se
     assert set(received) == {f"<{r.message_id}>" for r in rows}
 
 
-class SlowRelay:
-    """A relay on loopback that takes a little while over each mail, so mail queues up."""
+class HoldingRelay:
+    """A relay on loopback that holds each mail it is handed, unanswered, until it is told
+    to let mail through: mail queues up behind the one being handed over, however fast
+    or slow the machine takes mail in. Once told, it takes every mail at once."""
 
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.lock = threading.Lock()
         self.port = free_port()
+        self._through = asyncio.Event()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port,
                                       decode_data=False)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        await asyncio.sleep(0.2)
+        # A client that goes away meanwhile ends this wait: its mail is not taken.
+        await self._through.wait()
         with self.lock:
             self.received.append(Received(envelope.mail_from, tuple(envelope.rcpt_tos),
                                           envelope.original_content))
         return "250 OK"
 
-    def __enter__(self) -> SlowRelay:
+    def let_through(self) -> None:
+        self._controller.loop.call_soon_threadsafe(self._through.set)
+
+    def __enter__(self) -> HoldingRelay:
         self._controller.start()
         return self
 
@@ -172,7 +179,7 @@ def test_kill_9_while_mail_waits_to_go_out_loses_nothing_and_resends_only_what_w
                 return  # the server is gone: the customer's MTA tries again later
             acknowledged.add(n)
 
-    with SlowRelay() as relay:
+    with HoldingRelay() as relay:
         config = write_config(tmp_path, database_url, smtp=f"port = {port}",
                               outbound=f'relay = "127.0.0.1:{relay.port}"\n'
                                        "retry_base = 0.2\nlease = 2")
@@ -192,13 +199,17 @@ def test_kill_9_while_mail_waits_to_go_out_loses_nothing_and_resends_only_what_w
                 # Claimed and not recorded at the kill: those may go out twice.
                 in_flight += outbox(Outbox.status == "pending",
                                     col(Outbox.claimed_until).is_not(None))
+            # No more kills: the relay takes the mail now.
+            relay.let_through()
             with serving_process(config) as process:
                 # The customers' servers try again what was not acknowledged.
                 feed([n for n in range(MAILS) if n not in acknowledged])
                 assert len(acknowledged) == MAILS
+                # Every mail sent and no lease held any more: a mail held at a kill went
+                # out again only once its lease ran out, and nothing is left to go out.
                 assert _until(lambda: outbox(Outbox.status != "sent") == 0
-                              and outbox() >= MAILS)
-                time.sleep(2.5)  # past the short lease: would a held mail go out again?
+                              and outbox() >= MAILS
+                              and outbox(col(Outbox.claimed_until).is_not(None)) == 0)
                 process.send_signal(signal.SIGTERM)
                 assert process.wait(20) == 0
             with Session(engine) as session:
