@@ -24,6 +24,9 @@ PASSWORD = "imap-test-password"
 
 CONFIG = """\
 protocols = imap
+# Each imap process's title names what its session is doing ("... IDLE]" while in IDLE),
+# so a test can wait for a client to be in IDLE.
+verbose_proctitle = yes
 listen = 127.0.0.1
 base_dir = {root}/run
 state_dir = {root}/state
@@ -109,6 +112,22 @@ class Dovecot:
             _end([master], signal.SIGKILL)
         # A killed master can stay a zombie a while; its pid file would stop start().
         pid_file.unlink(missing_ok=True)
+
+    def idling(self) -> int:
+        """How many of this server's IMAP sessions are in IDLE now."""
+        pid_file = self.root / "run" / "master.pid"
+        try:
+            master = int(pid_file.read_text())
+        except (OSError, ValueError):
+            return 0
+        count = 0
+        for pid in _descendants(master):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            count += title.replace(b"\0", b" ").rstrip().endswith(b" IDLE]")
+        return count
 
     def running(self) -> bool:
         try:

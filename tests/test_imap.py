@@ -290,7 +290,7 @@ def test_idle_delivers_a_new_message_within_seconds(
         try:
             append(dovecot, 1)
             await until(lambda: ingest.calls == [mid(1)], within=10)
-            await asyncio.sleep(0.5)  # back in IDLE
+            await until(lambda: dovecot.idling() == 1, within=10)  # back in IDLE
             with imap(dovecot) as client:
                 started = time.monotonic()
                 await asyncio.to_thread(client.append, "INBOX", mail(2))
@@ -312,6 +312,10 @@ def test_run_reconnects_after_the_server_restarts(
 ) -> None:
     ingest = RecordingIngest(engine, clock)
     fetcher = ImapFetcher(box_for(dovecot, move_to="Processed"), engine, ingest, clock)
+    fetcher.reconnect_base = 0.2  # seconds before the first reconnect, doubling after
+
+    def reconnects() -> list[logging.LogRecord]:
+        return [r for r in list(caplog.records) if "reconnecting in" in r.getMessage()]
 
     async def scenario() -> float:
         stop = asyncio.Event()
@@ -319,9 +323,10 @@ def test_run_reconnects_after_the_server_restarts(
         try:
             append(dovecot, 1)
             await until(lambda: ingest.calls == [mid(1)], within=10)
-            await asyncio.sleep(0.5)  # idle
+            await until(lambda: dovecot.idling() == 1, within=10)  # idle
             await asyncio.to_thread(dovecot.stop)
-            await asyncio.sleep(1)  # a reconnect or two is refused
+            # The lost connection, then a reconnect refused while the server is down.
+            await until(lambda: len(reconnects()) >= 2, within=10)
             await asyncio.to_thread(dovecot.start)
             started = time.monotonic()
             await asyncio.to_thread(append, dovecot, 2)
@@ -336,8 +341,7 @@ def test_run_reconnects_after_the_server_restarts(
     print(f"after the restart: the new message ingested in {elapsed:.3f} s")
     assert ingest.calls == [mid(1), mid(2)]
     assert sorted(contents(dovecot, "Processed")) == [mid(1), mid(2)]
-    reconnects = [r for r in caplog.records if "reconnecting in" in r.getMessage()]
-    assert reconnects
+    assert reconnects()
 
 
 def test_without_idle_it_polls_and_without_move_it_copies_and_expunges(
