@@ -123,6 +123,12 @@ def transaction(engine: Engine) -> Iterator[Session]:
 def _session(engine: Engine) -> Iterator[Session]:
     session = Session(engine, expire_on_commit=False)
     try:
+        if engine.dialect.name == "sqlite":
+            # The write lock from the start: SQLite's driver would open the transaction
+            # only at the first write, and a transaction that has read before another
+            # process wrote cannot write at all (SQLITE_BUSY, no waiting). Opened now,
+            # a writer waits its turn, and a SAVEPOINT inside it stays inside it.
+            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
         yield session
         session.commit()
     except (OperationalError, DBAPIError) as exc:

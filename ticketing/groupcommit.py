@@ -40,7 +40,6 @@ def store_together(desk: Desk, mails: Sequence[Prepared]) -> list[Result]:
     alone: list[int] = []
     try:
         with transaction(desk.engine) as session:
-            _begin(session)
             for number, prepared in enumerate(mails):
                 outcome = _in_savepoint(session, desk, prepared)
                 if outcome is None:
@@ -93,14 +92,6 @@ def _alone(desk: Desk, prepared: Prepared) -> Result:
         return store(desk, prepared)
     except Exception as exc:
         return exc
-
-
-def _begin(session: Session) -> None:
-    """SQLite's driver opens a transaction only at the first write, and a SAVEPOINT
-    outside one would commit on its release: open it now, taking the write lock."""
-    connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def fresh_view(session: Session) -> None:
