@@ -98,6 +98,33 @@ def report(name: str, count: int, elapsed: float, latencies: list[float]) -> flo
     return rate
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of a process and of its living child processes, from
+    /proc (Linux); zeros elsewhere."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def own(process: int) -> float:
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own(pid), sum(own(int(child)) for child in children)
+
+
+def report_cpu(pid: int, before: tuple[float, float], count: int) -> tuple[float, float]:
+    after = cpu_seconds(pid)
+    listener, children = (after[0] - before[0]) / count, (after[1] - before[1]) / count
+    print(f"{'  CPU a mail':<34} {listener * 1000:8.1f} ms in serve's process, "
+          f"{children * 1000:.1f} ms in its child processes")
+    return after
+
+
 def start_relay_sink(port: int) -> subprocess.Popen[bytes]:
     code = (
         "import asyncio,sys\n"
@@ -182,6 +209,7 @@ def main() -> None:
                         db.execute(text("select count(*) from outbox")).scalar_one())
 
             started = time.perf_counter()
+            cpu = cpu_seconds(serve.pid)
             elapsed, latencies = run_load(serve_port, messages, args.connections)
             rate = report("mailgate serve (full ingest)", len(messages), elapsed, latencies)
             # End to end: until every mail these requests caused has reached the relay.
@@ -193,10 +221,14 @@ def main() -> None:
             print(f"{'mailgate end to end (all mail out)':<34} {end_to_end:8.1f} mails/s   "
                   f"({waiting[1]} confirmations and notices at the relay in {drained:.1f} s, "
                   f"{waiting[0]} unsent)")
+            cpu = report_cpu(serve.pid, cpu, len(messages))
             paced = [make_request(len(messages) + i) for i in range(int(args.offered * 10))]
             elapsed, latencies = run_load(serve_port, paced, args.connections, args.offered)
             report(f"mailgate at {args.offered:.0f} mails/s offered", len(paced), elapsed,
                    latencies)
+            while unsent()[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            report_cpu(serve.pid, cpu, len(paced))
             engine.dispose()
             print(f"ratio to the floor: accepted {rate / floor_rate:.2f}, "
                   f"end to end {end_to_end / floor_rate:.2f}")
