@@ -1,0 +1,73 @@
+"""`mailgate serve` sends mail from a process of its own, which stops with serve."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from tests.harness import Relay, request, send, wait_until_sent
+from tests.servers import free_port
+from tests.test_cli import run, serving_process, write_config
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in
+            Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_mail_goes_out_from_the_senders_process_which_stops_with_serve(
+    tmp_path: Path, database_url: str, engine: Engine, relay: Relay
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, database_url, smtp=f"port = {port}",
+                          outbound=f'relay = "{relay.address}"')
+    assert run(config, "init").returncode == 0
+    with serving_process(config) as process:
+        assert _until(lambda: len(_children(process.pid)) == 1)
+        [senders] = _children(process.pid)
+        send(port, request("First", "Please."))
+        relay.wait_for(1)
+        wait_until_sent(engine)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert not _alive(senders)
+    with engine.connect() as db:
+        [(status, holder)] = db.execute(text("SELECT status, claimed_by FROM outbox")).all()
+    assert status == "sent"
+    # Held last by the senders' process, not by serve's own.
+    assert holder.endswith(f":{senders}")
+
+
+def test_a_killed_serve_takes_its_senders_with_it(
+    tmp_path: Path, database_url: str, relay: Relay
+) -> None:
+    config = write_config(tmp_path, database_url, outbound=f'relay = "{relay.address}"')
+    assert run(config, "init").returncode == 0
+    with serving_process(config) as process:
+        assert _until(lambda: len(_children(process.pid)) == 1)
+        [senders] = _children(process.pid)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    assert _until(lambda: not _alive(senders))
