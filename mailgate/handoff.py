@@ -4,14 +4,16 @@ A new process pays most of a second to load the database layer; `serve` has it l
 When it answers, it stores the mail by the same ingest path and its reply decides the
 exit code; when nothing answers, `deliver` ingests in its own process.
 
-An MTA starts one process per mail, so this path loads only the socket module: the
-SMTP client here is the few commands one mail needs (smtplib would load TLS, the
-email package and more, for nothing on loopback).
+An MTA starts one process per mail, so this path loads only the interpreter's own
+socket type: the SMTP client here is the few commands one mail needs (smtplib would
+load TLS, the email package and more, for nothing on loopback), and the socket module's
+wrapper around that type (enums of its constants, selectors) takes longer to load than
+the whole exchange takes.
 """
 
 from __future__ import annotations
 
-import socket
+import _socket
 import sys
 
 from mailgate.exitcodes import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL
@@ -48,7 +50,7 @@ def data_lines(raw: bytes) -> bytes:
 class _Client:
     """One SMTP conversation, a command and its (possibly multiline) reply at a time."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.pending = b""
 
@@ -88,14 +90,35 @@ def _exchange(client: _Client, raw: bytes, recipient: str, sender: str) -> None:
     client.send(data_lines(raw), 250)
 
 
+def _connect(host: str, port: int) -> _socket.socket:
+    """A connection to the first of the host's addresses that takes one, as
+    socket.create_connection makes it."""
+    # An ASCII name as bytes: a str is encoded by the IDNA codec, which loads the
+    # Unicode tables, to reach 127.0.0.1.
+    name: str | bytes = host.encode() if host.isascii() else host
+    error = OSError(f"no address for {host}")
+    for family, kind, proto, _, address in _socket.getaddrinfo(name, port, 0,
+                                                               _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(TIMEOUT)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    raise error
+
+
 def hand_over(host: str, port: int, raw: bytes, recipient: str, sender: str) -> int | None:
     """The exit code once `serve` has answered for the mail; None when no server answers."""
     try:
-        sock = socket.create_connection((_loopback(host), port), timeout=TIMEOUT)
+        sock = _connect(_loopback(host), port)
     except OSError:
         return None
-    with sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         client = _Client(sock)
         try:
             greeting, _ = client.reply()
@@ -119,5 +142,7 @@ def hand_over(host: str, port: int, raw: bytes, recipient: str, sender: str) -> 
             client.send(b"QUIT\r\n", 221)
         except (OSError, _Refused):
             pass  # the mail is stored; how the server says goodbye changes nothing
+    finally:
+        sock.close()
     print("mailgate deliver: handed to the running server", file=sys.stderr)
     return EX_OK

@@ -6,16 +6,20 @@ import json
 import os
 import signal
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from tests import commands
 from tests.harness import Relay, request, send, wait_until_sent
-from tests.servers import free_port
+from tests.servers import PROJECT, free_port
+from ticketing.config_file import ConfigError, plain_toml, read_config
 
 MAILGATE = commands.MAILGATE
 
@@ -237,13 +241,50 @@ def test_deliver_hands_the_mail_to_a_running_server(tmp_path: Path, database_url
                 if line.startswith(b"import time:")]
     assert b"mailgate.handoff" in imported
     heavy = {b"sqlalchemy", b"ticketing.db", b"ticketing.settings", b"mailgate.cli", b"logging",
-             b"smtplib", b"ssl", b"email", b"argparse", b"dataclasses"}
+             b"smtplib", b"ssl", b"email", b"argparse", b"dataclasses",
+             # the TOML reader, the socket module's wrapper, the IDNA codec
+             b"tomllib", b"typing", b"datetime", b"socket", b"selectors", b"encodings.idna"}
     assert not heavy & set(imported)
+    ours = {name for name in imported if name.split(b".")[0] in (b"mailgate", b"ticketing")}
+    assert ours <= {b"mailgate", b"mailgate.__main__", b"mailgate.handoff", b"mailgate.exitcodes",
+                    b"ticketing", b"ticketing.config_file"}
     shown = json.loads(run(config, "tickets", "show", "1", "--json").stdout)
     assert shown["subject"] == "Through the pipe"
     assert shown["messages"][0]["route"] == "pipe"
     assert "\n.profile is attached." in shown["messages"][0]["text"]
     assert relay.received[0].rcpt_tos == ("carol@customer.test",)
+
+
+# Pieces of settings files, plain and not, valid TOML and not, to mix.
+_TOML_PIECES = st.sampled_from([
+    "[", "]", "[[", "]]", ".", "=", " ", "\t", "#", ",", '"', "'", "\\", "\r", "\r\n", "\x00",
+    "a", "smtp", "port", "x y", "é", "0", "1", "07", "-", "+", "_", "1.5", "1e5", "inf",
+    "true", "false", "[]", '"""'])
+_TOML_LINES = st.one_of(
+    st.lists(_TOML_PIECES, max_size=12).map("".join),
+    st.sampled_from(["[a]", "[a.b]", "[ a . b ]", "[[a]]", "[[b]]", "a = 1", "a = []",
+                     "b = [1, 'x', \"y\",] # c", 'b = "q#" # c', "c = -1.25", "d = true"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_TOML_LINES, max_size=8).map("\n".join))
+def test_the_plain_settings_reader_reads_what_the_toml_reader_reads(text: str) -> None:
+    plain = plain_toml(text)
+    if plain is not None:
+        assert repr(plain) == repr(tomllib.loads(text))  # repr tells True from 1, 1 from 1.0
+
+
+def test_a_settings_file_is_read_with_or_without_the_toml_reader(tmp_path: Path) -> None:
+    example = (PROJECT / "config" / "example.toml").read_text()
+    assert repr(plain_toml(example)) == repr(tomllib.loads(example))
+    path = tmp_path / "mailgate.toml"
+    path.write_text('[smtp]\nport = 2600\n[agents]\naddresses = [\n  "a@example.com",\n]\n')
+    assert plain_toml(path.read_text()) is None  # a list over several lines
+    assert read_config(str(path), {}) == {"smtp": {"port": 2600},
+                                          "agents": {"addresses": ["a@example.com"]}}
+    path.write_text("[smtp]\nport = 2600\nport = 2601\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        read_config(str(path), {})
 
 
 def test_serve_refuses_to_start_when_a_template_cannot_be_loaded(tmp_path: Path) -> None:
