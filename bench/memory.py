@@ -5,7 +5,8 @@
 Starts `serve` (SQLite defaults, confirmations to a relay sink), reads its peak resident
 size (VmHWM in /proc/PID/status) once it listens, sends one mail with the attachment,
 reads it again, then sends `--mails` more such mails one after another and reads it a
-third time. Prints the three figures and the growth of each step in MiB.
+third time. Prints the three figures and the growth of each step in MiB, and the CPU
+time serve spent a mail (user and system, from /proc/PID/stat).
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def peak_rss(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc status")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_mail(i: int, attachment: bytes) -> bytes:
@@ -80,11 +87,14 @@ def main() -> None:
                                      stdout=subprocess.PIPE, stderr=log, env=env)
             wait_listening(serve)
             started = peak_rss(serve.pid)
+            cpu_started = cpu_seconds(serve.pid)
             send(serve_port, make_mail(0, attachment))
             after_one = peak_rss(serve.pid)
+            cpu_one = cpu_seconds(serve.pid)
             for i in range(1, args.mails + 1):
                 send(serve_port, make_mail(i, attachment))
             after_more = peak_rss(serve.pid)
+            cpu_more = cpu_seconds(serve.pid)
         finally:
             for process in (serve, relay):
                 if process is not None:
@@ -95,6 +105,10 @@ def main() -> None:
     print(f"after one mail with a {size:18} {after_one:7.1f} MiB  (+{after_one - started:.1f})")
     print(f"after {args.mails} more such mails{'':14} {after_more:7.1f} MiB  "
           f"(+{after_more - after_one:.1f})")
+    print(f"serve CPU for the first mail            {cpu_one - cpu_started:7.2f} s")
+    if args.mails:
+        print(f"serve CPU a mail for the {args.mails} more{'':10} "
+              f"{(cpu_more - cpu_one) / args.mails:7.2f} s")
 
 
 if __name__ == "__main__":
