@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
 import hashlib
@@ -60,15 +61,37 @@ def _port(config: Path) -> int:
 
 
 def _files(mail: Received | bytes) -> dict[str, bytes]:
-    raw = mail if isinstance(mail, bytes) else mail.raw
-    parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
-    found = {}
-    for part in parsed.walk():
-        if part.get_filename():
-            payload = part.get_payload(decode=True)
-            assert isinstance(payload, bytes)
-            found[part.get_filename()] = payload
+    """Each named part's decoded bytes, by name."""
+    found: dict[str, bytes] = {}
+    _named_parts(mail if isinstance(mail, bytes) else mail.raw, found)
     return found
+
+
+def _named_parts(entity: bytes, found: dict[str, bytes]) -> None:
+    """The stdlib reads each part's headers and decodes each small part; the parts of a
+    multipart are cut at their boundaries, and base64 bodies decoded, by bytes and
+    binascii calls: the stdlib parser reads a mail line by line, some seconds for twenty
+    mails of 12 MB."""
+    head, separator, body = entity.partition(b"\r\n\r\n")
+    part = email.message_from_bytes(head + separator, policy=email.policy.compat32)
+    boundary = part.get_boundary()
+    if part.get_content_maintype() == "multipart" and boundary and separator:
+        pieces = (b"\r\n" + body).split(b"\r\n--" + boundary.encode())
+        for piece in pieces[1:]:
+            if piece.startswith(b"--"):
+                break  # the closing delimiter
+            _named_parts(piece.partition(b"\r\n")[2], found)  # after the delimiter's line
+        return
+    name = part.get_filename()
+    if not name:
+        return
+    if str(part.get("Content-Transfer-Encoding", "")).strip().lower() == "base64":
+        found[name] = binascii.a2b_base64(body)
+        return
+    payload = email.message_from_bytes(entity, policy=email.policy.compat32).get_payload(
+        decode=True)
+    assert isinstance(payload, bytes)
+    found[name] = payload
 
 
 def _kinds(config: Path) -> Counter[str]:
