@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
+from functools import cached_property
 from typing import Any, TypeVar
 
 from aiosmtpd.controller import Controller
@@ -70,6 +71,11 @@ class Received:
         return parsed
 
     def text(self) -> str:
+        return self._text
+
+    @cached_property
+    def _text(self) -> str:
+        # Read once: wait_for asks again on each look at the mails received so far.
         body = self.message.get_body(("plain",))
         return body.get_content() if body is not None else ""  # type: ignore[no-any-return]
 
