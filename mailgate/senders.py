@@ -45,6 +45,8 @@ READY = b"ready"  # what the child says once it sends
 READY_WAIT = 60.0  # seconds serve waits for that before it says it is listening
 STOP_WAIT = 20.0  # seconds a stopping sender gets to finish what is in hand
 RESTART_PAUSE = 1.0  # seconds before a sender that died is started again
+RESTART_PAUSE_MAX = 60.0  # the pause doubles, up to this, while it keeps dying young
+RAN_WELL = 60.0  # seconds a sender runs before its death no longer counts as dying young
 
 
 async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) -> None:
@@ -127,7 +129,7 @@ class SenderProcess:
         process.stdout.close()
         if said.strip() == READY:
             log.info("senders started (process %d)", process.pid)
-        else:
+        elif not readable:  # else its output ended: it died before it was ready (run says so)
             log.error("the senders' process %d is not ready after %.0f s; mail waits in "
                       "the outbox until it is", process.pid, timeout)
 
@@ -144,19 +146,26 @@ class SenderProcess:
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the child running until stop is set; then end its input and wait for
         it to finish what it has in hand."""
+        pause = RESTART_PAUSE
         try:
             while not stop.is_set():
                 process = self._process
                 assert process is not None
+                started = time.monotonic()
                 ended = asyncio.ensure_future(asyncio.to_thread(process.wait))
                 stopping = asyncio.ensure_future(stop.wait())
                 await asyncio.wait({ended, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
                 if stop.is_set():
                     break
-                log.error("the senders' process ended (exit %s); starting it again",
-                          process.returncode)
-                await first_of(stop, timeout=RESTART_PAUSE)
+                # One that keeps dying as it starts (a broken install, say) is started
+                # less and less often, not in a loop that burns the CPU and floods the log.
+                if time.monotonic() - started >= RAN_WELL:
+                    pause = RESTART_PAUSE
+                log.error("the senders' process ended (exit %s); starting it again in %.0f s",
+                          process.returncode, pause)
+                await first_of(stop, timeout=pause)
+                pause = min(pause * 2, RESTART_PAUSE_MAX)
                 if not stop.is_set():
                     self._close_input()
                     self.start()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +14,7 @@ from sqlalchemy import Engine, text
 
 from tests.harness import Relay, request, send, wait_until_sent
 from tests.servers import free_port
-from tests.test_cli import run, serving_process, write_config
+from tests.test_cli import MAILGATE, run, serving_process, write_config
 
 
 def _children(pid: int) -> list[int]:
@@ -71,3 +74,37 @@ def test_a_killed_serve_takes_its_senders_with_it(
         process.send_signal(signal.SIGKILL)
         process.wait(10)
     assert _until(lambda: not _alive(senders))
+
+
+def test_a_senders_process_that_dies_as_it_starts_is_started_less_and_less_often(
+    tmp_path: Path, database_url: str, relay: Relay
+) -> None:
+    # An interpreter that ends at once whenever it would run the senders: a broken install.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(
+        "import os\n"
+        "if b'mailgate.senders' in open('/proc/self/cmdline', 'rb').read():\n"
+        "    os._exit(3)\n")
+    config = write_config(tmp_path, database_url, outbound=f'relay = "{relay.address}"')
+    assert run(config, "init").returncode == 0
+    log = config.with_suffix(".log")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    env["PYTHONPATH"] = str(broken)  # read at interpreter start: a process of its own
+    with open(log, "ab") as err, subprocess.Popen(
+        [*MAILGATE, "--config", str(config), "serve"], stdout=subprocess.PIPE, stderr=err,
+        env=env,
+    ) as process:
+        try:
+            assert _until(lambda: "starting it again in 4 s" in log.read_text())
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    said = log.read_text()
+    pauses = re.findall(r"ended \(exit 3\); starting it again in (\d+) s", said)
+    # Each start that dies at once waits twice as long as the one before it.
+    assert pauses[:3] == ["1", "2", "4"]
+    assert "not ready after" not in said
