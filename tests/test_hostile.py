@@ -289,6 +289,48 @@ bm90ZXM
     assert desk.blobs.get(files["report.pdf"].sha256).startswith(b"%PDF-1.4")
 
 
+def test_a_large_mail_with_8bit_bytes_near_long_base64_runs_is_stored_as_sent(
+        desk: Desk) -> None:
+    # A UTF-8 body sent as 8bit around a pasted list of checksums, and a file whose base64
+    # holds a stray 8-bit byte: the text reads as written, the file as the stdlib decodes it.
+    sums = "".join(hashlib.sha256(b"%d" % i).hexdigest() + "\r\n" for i in range(20_000))
+    data = hashlib.sha256(b"file").digest() * 30_000
+    encoded = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    raw = crlf(f"""
+From: carol@customer.test
+To: support@example.com
+Subject: sums and a file
+Message-ID: <eight-bit-runs@customer.test>
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="b"
+
+--b
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: 8bit
+
+Rechnung 100 € — 請求書:
+{sums}Grüße
+--b
+Content-Type: application/pdf; name="report.pdf"
+Content-Transfer-Encoding: base64
+
+""") + encoded[:500_000] + b"\xa0\r\n" + encoded[500_000:] + b"--b--\r\n"
+    assert len(raw) > 2**20
+    with serving(desk) as port:
+        code, reply = transmit(port, raw)
+    assert code == 250, reply
+    row = stored_row(desk, raw)
+    assert row is not None and row.ticket_id is not None
+    assert "Rechnung 100 € — 請求書:\n" in row.full_text and "Grüße" in row.full_text
+    assert hashlib.sha256(b"19999").hexdigest() in row.full_text
+    (stored,) = attachments_of(desk, row)
+    parts = list(email.message_from_bytes(raw, policy=email.policy.default).iter_attachments())
+    expected = parts[0].get_payload(decode=True)
+    assert expected == data
+    assert (stored.filename, stored.size) == ("report.pdf", len(data))
+    assert desk.blobs.get(stored.sha256) == data
+
+
 def test_mail_without_from_is_kept_and_classified(desk: Desk, relay: Relay) -> None:
     raw = crlf("""
 To: support@example.com
