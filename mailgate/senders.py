@@ -166,12 +166,25 @@ class SenderProcess:
                           process.returncode, pause)
                 await first_of(stop, timeout=pause)
                 pause = min(pause * 2, RESTART_PAUSE_MAX)
+                # A start that fails (the interpreter gone in an upgrade, no memory to
+                # fork) is tried again: the senders must not end while serve runs.
+                while not stop.is_set() and not self._start_again(pause):
+                    await first_of(stop, timeout=pause)
+                    pause = min(pause * 2, RESTART_PAUSE_MAX)
                 if not stop.is_set():
-                    self._close_input()
-                    self.start()
                     await asyncio.to_thread(self.wait_ready)
         finally:
             await asyncio.to_thread(self.stop)
+
+    def _start_again(self, pause: float) -> bool:
+        self._close_input()
+        try:
+            self.start()
+        except OSError as exc:
+            log.error("the senders' process could not be started (%s); trying again in "
+                      "%.0f s", exc, pause)
+            return False
+        return True
 
     def _close_input(self) -> None:
         with self._lock:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,3 +110,43 @@ def test_a_senders_process_that_dies_as_it_starts_is_started_less_and_less_often
     # Each start that dies at once waits twice as long as the one before it.
     assert pauses[:3] == ["1", "2", "4"]
     assert "not ready after" not in said
+
+
+def test_serve_keeps_trying_to_start_its_senders_when_their_interpreter_is_gone_a_while(
+    tmp_path: Path, database_url: str, relay: Relay
+) -> None:
+    # An install of its own whose interpreter can be taken away, as an upgrade does.
+    install = tmp_path / "install"
+    (install / "bin").mkdir(parents=True)
+    (install / "lib").symlink_to(Path(sys.prefix) / "lib")
+    shutil.copy(Path(sys.prefix) / "pyvenv.cfg", install / "pyvenv.cfg")
+    python = install / "bin" / "python3"
+    python.symlink_to(Path(sys.executable).resolve())
+    port = free_port()
+    config = write_config(tmp_path, database_url, smtp=f"port = {port}",
+                          outbound=f'relay = "{relay.address}"')
+    assert run(config, "init").returncode == 0
+    log = config.with_suffix(".log")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    with open(log, "ab") as err, subprocess.Popen(
+        [str(python), "-m", "mailgate", "--config", str(config), "serve"],
+        stdout=subprocess.PIPE, stderr=err, env=env,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert b"listening" in process.stdout.readline(), log.read_text()
+            [senders] = _children(process.pid)
+            python.unlink()
+            os.kill(senders, signal.SIGKILL)
+            assert _until(lambda: "could not be started" in log.read_text())
+            python.symlink_to(Path(sys.executable).resolve())
+            assert _until(lambda: log.read_text().count("senders started") == 2)
+            send(port, request("After the upgrade", "Please."))
+            relay.wait_for(1)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert "Traceback" not in log.read_text()
