@@ -107,6 +107,8 @@ class GuardedSMTP(SMTP):
         # True while a mail this client sent is being stored: the client waits for our
         # answer then, and is not idle.
         self.storing = False
+        # True while the mail itself comes, after our 354.
+        self._receiving = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -139,6 +141,14 @@ class GuardedSMTP(SMTP):
             return
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
+    def data_received(self, data: bytes) -> None:
+        # A client sending its mail is not idle either: the timeout counts from the last
+        # bytes of it that came (RFC 5321 4.5.3.2.5 times each block of data, not the
+        # whole mail), or a large mail on a slow line would never get in.
+        if self._receiving:
+            self._reset_timeout()
+        super().data_received(data)
+
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         # aiosmtpd keeps every line of a mail as an object of its own and joins them at
@@ -156,7 +166,11 @@ class GuardedSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         mail = io.BytesIO()
-        refusal = await self._receive(mail)
+        self._receiving = True
+        try:
+            refusal = await self._receive(mail)
+        finally:
+            self._receiving = False
         if refusal is None:
             return  # the connection is gone before the end of the mail
         if refusal:
