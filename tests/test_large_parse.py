@@ -48,7 +48,7 @@ HEAD = b"From: carol@customer.test\r\nSubject: files\r\nMIME-Version: 1.0\r\n"
 MIXED = b"Content-Type: multipart/mixed; boundary=QUFBQUFB\r\n\r\n"
 
 ATTACKS = {
-    # What looks like the marker a large mail's long runs are read through.
+    # Lines that look like a stand-in token of ours, in a header and in a body.
     "marker text": HEAD + b"X-Note: mailgate" + b"0" * 32 + b"x0x\r\n" + MIXED
     + b"--QUFBQUFB\r\nContent-Type: text/plain\r\n\r\nmailgate" + b"f" * 32 + b"x1x\r\n"
     + b"--QUFBQUFB\r\n" + _file(_data(900_000, 3), "a.bin") + b"--QUFBQUFB--\r\n",

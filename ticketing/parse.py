@@ -9,7 +9,6 @@ import email.policy
 import hashlib
 import logging
 import re
-import uuid
 from dataclasses import dataclass, field
 from email.header import decode_header
 from email.message import Message
@@ -370,88 +369,12 @@ _FEED = 1 << 16
 
 def message_from_bytes(raw: bytes) -> Message:
     """The MIME tree of a mail, as email.message_from_bytes (compat32) reads it."""
-    if len(raw) >= _SKELETON_FROM:
-        message = _from_skeleton(raw)
-        if message is not None:
-            return message
-    return _parsed(raw)
-
-
-def _parsed(raw: bytes) -> Message:
     feeder = email.parser.BytesFeedParser(policy=email.policy.compat32)
     for start in range(0, len(raw), _FEED):
         feeder.feed(raw[start : start + _FEED])
     message = feeder.close()
     assert isinstance(message, Message)
     return message
-
-
-# The parser reads a mail line by line: some five seconds for the million lines of a
-# 50 MB attachment in base64. Runs of lines written only in the base64 alphabet (no
-# space, colon or dash: never a header, a boundary or a blank line) take the parser to
-# the same place whether they are one line or thousands, so in a large mail each long
-# run but its first and last lines is given to the parser as one marker line, and put
-# back in the part it lands in. A marker found anywhere but once in a body part's text
-# means the shortcut does not hold for that mail: it is read whole instead.
-_SKELETON_FROM = 1 << 20
-_RUN_FROM = 1 << 16
-_RUN = re.compile(rb"^(?:[A-Za-z0-9+/=]+\r?\n)+", re.MULTILINE)
-
-
-def _from_skeleton(raw: bytes) -> Message | None:
-    token = "mailgate" + uuid.uuid4().hex
-    if token.encode() in raw:
-        return None
-    pieces: list[bytes] = []
-    runs: dict[str, memoryview] = {}  # marker line -> the lines it stands for
-    at = 0
-    for found in _RUN.finditer(raw):
-        start, end = found.span()
-        if end - start < _RUN_FROM:
-            continue
-        first = raw.index(b"\n", start) + 1  # the run's first line stays
-        last = raw.rfind(b"\n", start, end - 1) + 1  # and so does its last
-        if last <= first:
-            continue
-        marker = f"{token}x{len(runs)}x\n"
-        runs[marker] = memoryview(raw)[first:last]
-        pieces += [raw[at:first], marker.encode()]
-        at = last
-    if not runs:
-        return None
-    pieces.append(raw[at:])
-    message = _parsed(b"".join(pieces))
-    del pieces
-    if not _restore(message, token, runs) or runs:
-        return None
-    return message
-
-
-def _restore(part: Message, token: str, runs: dict[str, memoryview], depth: int = 0) -> bool:
-    """Puts each run back in the body part its marker is in, and takes it off runs;
-    False for a marker anywhere else."""
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        if part.get_content_type() == "message/delivery-status" or depth > _MAX_DEPTH:
-            return False  # read as blocks of fields, where a line's place counts
-        return all(_restore(p, token, runs, depth + 1) for p in payload
-                   if isinstance(p, Message))
-    # The text as the parser keeps it: get_payload() gives a part holding 8-bit bytes
-    # read in its charset (or as U+FFFD), and that text set back is other bytes.
-    text = part._payload  # type: ignore[attr-defined]
-    if not isinstance(text, str) or token not in text:
-        return True
-    # One pass over the part, however many runs it holds: a search and a copy of the
-    # whole part for each run would take minutes for a part of hundreds of runs.
-    pieces = re.split(f"({token}x[0-9]+x\n)", text)
-    for at in range(1, len(pieces), 2):
-        run = runs.pop(pieces[at], None)
-        if run is None:
-            return False  # a marker seen twice
-        pieces[at] = str(run, "ascii")
-    text = "".join(pieces)
-    part.set_payload(text)
-    return token not in text
 
 
 def parse_mail(raw: bytes) -> ParsedMail:
