@@ -165,7 +165,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return_large_buffers()
     desk = _desk(settings, check_schema=False)
     _wait_for_database(desk)
-    asyncio.run(serve(desk, senders_apart=True))
+    asyncio.run(serve(desk))
     return 0
 
 

@@ -8,7 +8,7 @@ import os
 import re
 import smtplib
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -344,12 +344,10 @@ def claim_next(desk: Desk, worker: str) -> Outbox | None:
 
 
 def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
-             unrecorded: list[Attempt] | None = None, keep_open: bool = False,
-             stopping: Callable[[], bool] = lambda: False) -> int:
+             unrecorded: list[Attempt] | None = None, keep_open: bool = False) -> int:
     """Send up to `limit` due mails over one relay connection; returns how many were sent.
     `keep_open`: the connection stays open for the next pass (the caller closes it);
-    else it is closed when the pass ends. Once `stopping()` says so, the pass claims no
-    further mail: the one sent last is recorded, and it ends.
+    else it is closed when the pass ends.
 
     Each send's result is recorded in the same short transaction that claims the next
     mail: one commit a mail, and a mail is held only while it is being sent.
@@ -383,8 +381,6 @@ def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
                 break
             previous = _attempt(transport, row)
             sent += previous.sent is not None
-            if stopping():
-                break
         if previous is not None:
             try:
                 with transaction(desk.engine) as session:

@@ -1,5 +1,4 @@
-"""`mailgate serve`: the SMTP listener, the web desk, IMAP fetchers, and the outbound and
-paging workers (in a process of their own, or in this one: mailgate/senders.py)."""
+"""`mailgate serve`: the SMTP listener, IMAP fetchers, outbound and paging workers in one process."""
 
 from __future__ import annotations
 
@@ -16,10 +15,14 @@ from functools import partial
 from typing import Any
 
 from mailgate.logs import quiet_mail_parser
-from mailgate.senders import SenderProcess, workers
+from mailgate.outbound import Attempt, Transport, send_due, transport_for
+from mailgate.paging import run_paging
+from mailgate.waiting import first_of
 from ticketing.blobs import clean_temporary
+from ticketing.db import StorageError
 from ticketing.desk import Desk
 from ticketing.ingest import ingest
+from ticketing.leases import this_process
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,50 @@ class CannotListen(Exception):
     def __init__(self, what: str, host: str, port: int, error: OSError) -> None:
         self.what, self.host, self.port, self.error = what, host, port, error
         super().__init__(f"{what} on {host}:{port}: {error.strerror or error}")
+
+
+# A relay connection with no mail to carry for this long is closed; while mail keeps
+# coming, one connection carries it all.
+RELAY_IDLE = 5.0
+
+
+async def outbound_worker(desk: Desk, stop: asyncio.Event, wake: asyncio.Event) -> None:
+    """Send due mail as soon as a commit queues it, and check every second for retries;
+    return as soon as stop is set (a pass under way finishes first)."""
+    transport = transport_for(desk)
+    worker = this_process()
+    loop = asyncio.get_running_loop()
+    unrecorded: list[Attempt] = []  # sent while the database was away: recorded when back
+    last_sent = time.monotonic()
+    try:
+        while not stop.is_set():
+            wake.clear()
+            sent = await _outbound_pass(desk, transport, worker, unrecorded)
+            if sent:
+                last_sent = time.monotonic()
+                continue
+            if time.monotonic() - last_sent > RELAY_IDLE:
+                await loop.run_in_executor(None, transport.close)
+            await first_of(stop, wake, timeout=1.0)
+    finally:
+        await loop.run_in_executor(None, transport.close)
+
+
+async def _outbound_pass(desk: Desk, transport: Transport, worker: str,
+                         unrecorded: list[Attempt]) -> int:
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(None, send_due, desk, transport, worker, 50,
+                                          unrecorded, True)
+    except StorageError as exc:
+        # One line a pass, not a traceback: the database is away, not a bug here.
+        log.warning("outbound worker: the database is unavailable (%s); %d send(s) "
+                    "to record when it is back; trying again shortly", exc,
+                    len(unrecorded))
+        return 0
+    except Exception:
+        log.exception("outbound worker: delivery pass failed; trying again shortly")
+        return 0
 
 
 class AcceptFaults:
@@ -64,14 +111,12 @@ class AcceptFaults:
 
 
 async def serve(
-    desk: Desk, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
-    senders_apart: bool = False,
+    desk: Desk, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
 ) -> None:
-    """Run until SIGTERM or SIGINT; then stop taking mail, finish what is in hand, return.
+    """Run until SIGTERM or SIGINT; then stop taking mail, finish what is in hand, return."""
+    from mailgate.imap import ImapFetcher
+    from mailgate.smtp import smtp_factory
 
-    `senders_apart`: the outbound and paging workers run in a child process, which
-    stops with this one (`mailgate serve` does so; its settings are all the child
-    needs). Else they run here, on this desk and its clock."""
     quiet_mail_parser()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(AcceptFaults())
@@ -79,13 +124,7 @@ async def serve(
     wake_outbound = asyncio.Event()
     wake_pages = asyncio.Event()
 
-    senders = SenderProcess(desk.settings, logging.getLogger().getEffectiveLevel()) \
-        if senders_apart else None
-
     def wake(pages: bool) -> None:
-        if senders is not None:
-            senders.wake(pages)
-            return
         loop.call_soon_threadsafe(wake_outbound.set)
         if pages:
             loop.call_soon_threadsafe(wake_pages.set)
@@ -103,27 +142,9 @@ async def serve(
     if removed:
         log.warning("removed %d half-written file(s) from %s (a full disk or a crash)",
                     removed, settings.storage_path / "blobs")
-    if senders is not None:
-        senders.start()  # it loads what it needs while this process loads the rest
-        try:
-            return await _serve(desk, ready, stop, executor, wake, senders, wake_outbound,
-                                wake_pages)
-        finally:
-            await asyncio.to_thread(senders.stop)
-    await _serve(desk, ready, stop, executor, wake, senders, wake_outbound, wake_pages)
-
-
-async def _serve(desk: Desk, ready: asyncio.Event | None, stop: asyncio.Event,
-                 executor: ThreadPoolExecutor, wake: Callable[[bool], None],
-                 senders: SenderProcess | None, wake_outbound: asyncio.Event,
-                 wake_pages: asyncio.Event) -> None:
-    from mailgate.imap import ImapFetcher
     from mailgate.monitoring import Monitor
-    from mailgate.smtp import smtp_factory
     from mailgate.web.server import listen, run_server, web_app, web_server
 
-    loop = asyncio.get_running_loop()
-    settings = desk.settings
     monitor = Monitor(desk)
     # This process's desk: each commit wakes the workers, each mail in is counted.
     desk = replace(desk, wake=wake, observe=monitor.ingested)
@@ -158,11 +179,12 @@ async def _serve(desk: Desk, ready: asyncio.Event | None, stop: asyncio.Event,
         raise
     address = server.sockets[0].getsockname() if server.sockets else (settings.smtp.host, 0)
     log.info("SMTP listening on %s:%s for %s", address[0], address[1], settings.support.address)
-    if senders is None:
-        tasks = workers(desk, stop, wake_outbound, wake_pages)
-    else:
-        await asyncio.to_thread(senders.wait_ready)
-        tasks = [asyncio.create_task(senders.run(stop), name="senders")]
+    tasks = [
+        asyncio.create_task(outbound_worker(desk, stop, wake_outbound), name="outbound"),
+        asyncio.create_task(
+            run_paging(desk.engine, settings, desk.clock, stop, wake_pages), name="paging"
+        ),
+    ]
     web_task = None
     if web_socket is not None:
         web_task = asyncio.create_task(
@@ -188,7 +210,7 @@ async def _serve(desk: Desk, ready: asyncio.Event | None, stop: asyncio.Event,
     executor.shutdown(wait=True)
     for task in tasks:
         try:
-            await asyncio.wait_for(task, timeout=10 if senders is None else 30)
+            await asyncio.wait_for(task, timeout=10)
         except (TimeoutError, asyncio.CancelledError):
             task.cancel()
     log.info("stopped")
