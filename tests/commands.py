@@ -62,6 +62,12 @@ _AT_START = ("PYTHON", "LANG", "LC_")
 _MESSAGE = 1 << 20  # the largest request: argv and environment as JSON
 
 
+def operator_env() -> dict[str, str]:
+    """This process's environment without MAILGATE_ settings: a command reads only the
+    config file a test wrote for it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+
+
 def needs_fresh_start(env: Mapping[str, str], starter_env: Mapping[str, str]) -> bool:
     names = {n for n in (*env, *starter_env) if n.startswith(_AT_START)}
     return any(env.get(n) != starter_env.get(n) for n in names)

@@ -49,7 +49,7 @@ def write_config(tmp_path: Path, database_url: str, **extra: str) -> Path:
 
 def run(config: Path, *args: str, stdin: bytes = b"",
         trace_imports: bool = False) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    env = commands.operator_env()
     if trace_imports:  # every module the call imports, one line each on stderr
         # What a fresh interpreter imports: a new process, not a forked one.
         env["PYTHONPROFILEIMPORTTIME"] = "1"
@@ -158,7 +158,7 @@ def test_agents_add_makes_an_agent(config: Path) -> None:
 @contextmanager
 def serving_process(config: Path) -> Iterator[commands.Command]:
     """`mailgate serve` as its own process, its log in a file beside the config."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    env = commands.operator_env()
     with open(config.with_suffix(".log"), "ab") as log, commands.Command(
         ["--config", str(config), "serve"], stdout=commands.PIPE, stderr=log, env=env,
     ) as process:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from pathlib import Path
@@ -13,10 +12,6 @@ from tests import commands
 from tests.harness import request
 from tests.servers import free_port
 from tests.test_cli import run, write_config
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
 
 
 def _one_line(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -62,7 +57,8 @@ def test_tickets_show_into_head_ends_quietly(tmp_path: Path) -> None:
     assert delivered.returncode == 0, delivered.stderr
     # `mailgate tickets show 1 | head -1`: head reads a line and goes away.
     with commands.Command(["--config", str(config), "tickets", "show", "1"],
-                          stdout=commands.PIPE, stderr=commands.PIPE, env=_env()) as shown:
+                          stdout=commands.PIPE, stderr=commands.PIPE,
+                          env=commands.operator_env()) as shown:
         assert shown.stdout is not None and shown.stderr is not None
         assert shown.stdout.readline().startswith(b"Ticket #1")
         shown.stdout.close()
@@ -73,13 +69,14 @@ def test_tickets_show_into_head_ends_quietly(tmp_path: Path) -> None:
 
 
 def test_version_and_config_after_the_subcommand(tmp_path: Path) -> None:
-    version = commands.run(["--version"], env=_env())
+    version = commands.run(["--version"], env=commands.operator_env())
     assert version.returncode == 0
     assert version.stdout.decode().startswith("mailgate 0.")
     config = write_config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    init = commands.run(["init", "--config", str(config)], env=_env(), cwd=tmp_path)
+    init = commands.run(["init", "--config", str(config)], env=commands.operator_env(),
+                        cwd=tmp_path)
     assert init.returncode == 0, init.stderr
-    listed = commands.run(["tickets", "list", "--config", str(config)], env=_env(),
+    listed = commands.run(["tickets", "list", "--config", str(config)], env=commands.operator_env(),
                           cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert (tmp_path / "db.sqlite3").exists()

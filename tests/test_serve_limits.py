@@ -66,7 +66,7 @@ def test_serve_waits_for_a_database_that_is_not_there_yet(
     port = free_port()
     config = write_config(tmp_path, postgres_url(name), smtp=f"port = {port}")
     log = config.with_suffix(".log")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    env = commands.operator_env()
     admin = create_engine("postgresql+psycopg://" + POSTGRES_URL.removeprefix("postgresql://"),
                           isolation_level="AUTOCOMMIT")
     try:
@@ -125,7 +125,7 @@ def test_running_out_of_file_descriptors_is_logged_once_a_minute(tmp_path: Path)
     config = write_config(tmp_path, f"sqlite:///{tmp_path / 'data' / 'mailgate.sqlite3'}",
                           smtp=f"port = {port}\nmax_connections_per_client = 0\n"
                                "max_connections = 0")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    env = commands.operator_env()
     assert commands.run(["--config", str(config), "init"], env=env,
                         timeout=120).returncode == 0
     log = config.with_suffix(".log")
