@@ -29,8 +29,10 @@ from ticketing.desk import Desk
 from ticketing.models import Attachment, Quarantine
 from ticketing.models import Message as MessageRow
 
-# The corpus goes through serve once per backend for all these tests: one worker runs them.
-pytestmark = pytest.mark.xdist_group("corpus")
+# The corpus goes through serve once per backend for all these tests: one worker runs the
+# tests of each backend, and the two backends can run on two workers at once.
+BACKEND_GROUPS = [pytest.param(backend, marks=pytest.mark.xdist_group(f"corpus-{backend}"))
+                  for backend in BACKENDS]
 
 # Files that are no RFC 5322 message (MANIFEST.tsv says so): not sent.
 NOT_MESSAGES = {
@@ -139,7 +141,7 @@ def _send_all(port: int, sent: dict[str, bytes]) -> dict[str, tuple[int, str]]:
     return replies
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=BACKEND_GROUPS)
 def corpus_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[CorpusRun]:
     """The whole corpus through one `serve` per backend; confirmations go to a relay sink."""
