@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import email
+import email.parser
 import email.policy
 import email.utils
 import hashlib
@@ -396,7 +397,9 @@ def test_no_subject_keeps_encoded_words_or_turns_to_mojibake(corpus_run: CorpusR
             continue
         subject = row.subject
         try:
-            reference = str(email.message_from_bytes(data, policy=email.policy.default)["Subject"] or "")
+            # The header block alone: a Subject reads the same without the body's parts.
+            headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+            reference = str(headers["Subject"] or "")
         except Exception:  # the stdlib cannot read it at all: nothing to compare with
             reference = ""
         if encoded_word.search(subject) and not encoded_word.search(reference):
