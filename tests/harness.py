@@ -65,8 +65,10 @@ class Received:
     raw: bytes
     connection: int = 0  # which connection to the relay carried it, counted from 1
 
-    @property
+    @cached_property
     def message(self) -> EmailMessage:
+        # Parsed once: tests read a mail's text, then its parts (a large mail takes the
+        # stdlib a tenth of a second and more). Tests only read it.
         parsed = email.message_from_bytes(self.raw, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         return parsed
