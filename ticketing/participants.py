@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
+from sqlalchemy import insert
 from sqlmodel import Session, select
 
 from ticketing.addresses import Address
 from ticketing.models import Agent, Participant, Ticket
 from ticketing.settings import Settings
 from ticketing.txstate import state_of
+
+# A plain insert: a participant added is active, and is read again only from the database.
+_INSERT_PARTICIPANT = insert(Participant.__table__)  # type: ignore[attr-defined]
 
 
 def agent_addresses(session: Session, settings: Settings) -> dict[str, str]:
@@ -61,21 +65,20 @@ def add_participants(
         cache[ticket.id] = existing
     added = []
     for person in people:
-        current = existing.get(person.address)
-        if current is None:
-            participant = Participant(
-                ticket_id=ticket.id,
-                address=person.address,
-                name=person.name,
-                role=role,
-                created_at=now,
-            )
-            session.add(participant)
-            existing[person.address] = participant
+        if person.address not in existing:
+            existing[person.address] = None  # added now, active
             added.append(person)
-        elif not current.active and role in ("requester", "agent"):
+            continue
+        current = existing[person.address]
+        if current is not None and not current.active and role in ("requester", "agent"):
             current.active = True
             session.add(current)
+    if added:
+        session.connection().execute(_INSERT_PARTICIPANT, [
+            {"ticket_id": ticket.id, "address": person.address, "name": person.name,
+             "role": role, "active": True, "created_at": now}
+            for person in added
+        ])
     return added
 
 
@@ -86,7 +89,7 @@ def follow(session: Session, ticket: Ticket, person: Address, now: datetime) -> 
         return True
     assert ticket.id is not None  # add_participants has read who is on it
     current = state_of(session).participants[ticket.id][person.address]
-    if current.active:
+    if current is None or current.active:
         return False
     current.active = True
     session.add(current)
@@ -101,6 +104,9 @@ def unfollow(session: Session, ticket: Ticket, address: str) -> bool:
         return False
     participant.active = False
     session.add(participant)
+    known = state_of(session).participants.get(participant.ticket_id)
+    if known is not None:  # keep this transaction's view of who is on the ticket current
+        known[address] = participant
     return True
 
 

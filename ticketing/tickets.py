@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from ticketing import bounces, notifications, oncall, subscriptions
@@ -28,6 +29,12 @@ if TYPE_CHECKING:
     from ticketing.desk import Desk
 
 log = logging.getLogger(__name__)
+
+# Plain inserts for rows nothing in the transaction reads back as objects: one statement
+# for all of a mail's attachments, however many it has.
+_INSERT_ATTACHMENT = insert(Attachment.__table__)  # type: ignore[attr-defined]
+_INSERT_THREAD_REF = insert(ThreadRef.__table__)  # type: ignore[attr-defined]
+_INSERT_ACCOUNT = insert(Account.__table__)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -62,14 +69,19 @@ def _save(session: Session, message: Message, files: list[StoredFile], ticket: T
     session.add(message)
     session.flush()
     assert message.id is not None
-    for f in files:
-        session.add(Attachment(message_pk=message.id, filename=f.filename, content_type=f.content_type,
-                               size=f.size, sha256=f.sha256, inline=f.inline, content_id=f.content_id))
+    connection = session.connection()
+    if files:
+        connection.execute(_INSERT_ATTACHMENT, [
+            {"message_pk": message.id, "filename": f.filename, "content_type": f.content_type,
+             "size": f.size, "sha256": f.sha256, "inline": f.inline, "content_id": f.content_id}
+            for f in files
+        ])
     if ticket is not None and message.message_id:
         known = session.get(ThreadRef, message.message_id)
         if known is None:
             assert ticket.id is not None
-            session.add(ThreadRef(message_id=message.message_id, ticket_id=ticket.id))
+            connection.execute(_INSERT_THREAD_REF,
+                               {"message_id": message.message_id, "ticket_id": ticket.id})
         elif known.ticket_id != ticket.id:
             # Two different mails (not copies of one) with one Message-ID, on two tickets:
             # one of them is forged, and an answer naming it must join neither.
@@ -184,7 +196,11 @@ def open_new(
     account when they have none."""
     sender = new.sender
     if new.account is None:
-        session.add(Account(address=sender.address, name=sender.name, created_at=desk.clock.now()))
+        session.connection().execute(_INSERT_ACCOUNT, {
+            "address": sender.address, "name": sender.name, "registered": False,
+            "bouncing_since": None, "bounce_detail": "", "created_at": desk.clock.now(),
+            "password_hash": "", "disabled_at": None,
+        })
     return open_ticket(session, desk, mail, message, files, sender, new.linked)
 
 

@@ -17,8 +17,9 @@ _KEY = "mailgate.transaction"
 class TransactionState:
     # Agent address -> name, from the config and the agents table.
     agents: dict[str, str] | None = None
-    # Who is on each ticket: ticket id -> address -> participant.
-    participants: dict[int, dict[str, Participant]] = field(default_factory=dict)
+    # Who is on each ticket: ticket id -> address -> participant as read from the
+    # database, or None for one this transaction added (active).
+    participants: dict[int, dict[str, Participant | None]] = field(default_factory=dict)
     # Each ticket's opening Message-ID, and each mail of ours on it with its recipients.
     sent: dict[int, tuple[str, list[tuple[str, set[str]]]]] = field(default_factory=dict)
     # Page rows queued (escalations and resolves): the paging worker is woken for them.
