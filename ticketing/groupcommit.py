@@ -97,10 +97,11 @@ def _alone(desk: Desk, prepared: Prepared) -> Result:
 def fresh_view(session: Session) -> None:
     """A fresh view for the next mail of a batch, as in a transaction of its own: no object
     or cached answer of the mails before it (they are written; what it needs it reads
-    again), but for the open incidents, which storing mail never changes."""
-    open_incidents = state_of(session).open_incidents
+    again), but for the open incidents and the agents, which storing mail never changes."""
+    before = state_of(session)
     session.info.clear()
-    state_of(session).open_incidents = open_incidents
+    state_of(session).open_incidents = before.open_incidents
+    state_of(session).agents = before.agents
     session.expunge_all()
 
 

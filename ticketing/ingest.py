@@ -10,6 +10,8 @@ import traceback
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -54,6 +56,13 @@ log = logging.getLogger(__name__)
 
 # Tries, on any route, of a mail whose own content makes the database refuse it.
 MAX_TRIES = 3
+
+_MESSAGE = Message.__table__  # type: ignore[attr-defined]
+# The stored copy of a mail, by its duplicate key: its ticket and number, not the whole row.
+# A plain query, without a flush first: a mail starts with nothing unwritten (the mail
+# before it in a batch was flushed when its savepoint was released).
+_STORED_AS = (sa_select(_MESSAGE.c.id, _MESSAGE.c.ticket_id)
+              .where(_MESSAGE.c.dedupe_key == bindparam("key")).limit(1))
 
 
 def duplicate_key(mail: ParsedMail, raw: bytes) -> str:
@@ -218,7 +227,7 @@ def _file_mail(
     session: Session, desk: Desk, inbound: Inbound, mail: ParsedMail, key: str,
     raw_sha256: str, files: list[StoredFile], verdict: Verdict, believed: bool,
 ) -> Outcome:
-    existing = session.exec(select(Message).where(Message.dedupe_key == key)).first()
+    existing = session.execute(_STORED_AS, {"key": key}).first()
     if existing is not None:
         return Outcome(Status.DUPLICATE, existing.ticket_id, existing.id, "already stored")
     keep_files(session, desk, inbound.raw, raw_sha256, mail)

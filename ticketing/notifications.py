@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, insert, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from ticketing.addresses import Address, is_machine_address
@@ -50,6 +51,12 @@ _INSERT_OUTBOX = insert(_OUTBOX).returning(_OUTBOX.c.id)
 _SET_RETURN_PATH = (update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))
                     .values(mail_from=bindparam("return_path")))
 _INSERT_THREAD_REF = insert(_THREAD_REF)
+_ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
+# Attachment rows are written by plain inserts, never left to a flush: no flush first.
+_ATTACHMENTS_OF = (sa_select(_ATTACHMENT.c.filename, _ATTACHMENT.c.content_type,
+                             _ATTACHMENT.c.size, _ATTACHMENT.c.sha256)
+                   .where(_ATTACHMENT.c.message_pk == bindparam("message_pk"))
+                   .order_by(_ATTACHMENT.c.id))
 
 
 def enqueue(
@@ -225,7 +232,7 @@ def _files(session: Session, desk: Desk, message: Message) -> tuple[list[FileToS
     limit = desk.settings.outbound.max_attachment_size
     send: list[FileToSend] = []
     omitted: list[str] = []
-    rows = session.exec(select(Attachment).where(Attachment.message_pk == message.id)).all()
+    rows = session.execute(_ATTACHMENTS_OF, {"message_pk": message.id}).all()
     for row in rows:
         if row.size > limit:
             omitted.append(f"{row.filename} ({row.size:,} bytes)")

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, delete, insert
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from ticketing import bounces, notifications, oncall, subscriptions
@@ -33,7 +34,13 @@ log = logging.getLogger(__name__)
 # Plain inserts for rows nothing in the transaction reads back as objects: one statement
 # for all of a mail's attachments, however many it has.
 _INSERT_ATTACHMENT = insert(Attachment.__table__)  # type: ignore[attr-defined]
-_INSERT_THREAD_REF = insert(ThreadRef.__table__)  # type: ignore[attr-defined]
+_THREAD_REF = ThreadRef.__table__  # type: ignore[attr-defined]
+# Thread references are only ever written by plain statements: read them the same way.
+_INSERT_THREAD_REF = insert(_THREAD_REF)
+_THREAD_OF = sa_select(_THREAD_REF.c.ticket_id).where(
+    _THREAD_REF.c.message_id == bindparam("message_id"))
+_FORGET_THREAD_REF = delete(_THREAD_REF).where(
+    _THREAD_REF.c.message_id == bindparam("message_id"))
 _INSERT_ACCOUNT = insert(Account.__table__)  # type: ignore[attr-defined]
 
 
@@ -77,17 +84,17 @@ def _save(session: Session, message: Message, files: list[StoredFile], ticket: T
             for f in files
         ])
     if ticket is not None and message.message_id:
-        known = session.get(ThreadRef, message.message_id)
+        known = connection.execute(_THREAD_OF, {"message_id": message.message_id}).scalar()
         if known is None:
             assert ticket.id is not None
             connection.execute(_INSERT_THREAD_REF,
                                {"message_id": message.message_id, "ticket_id": ticket.id})
-        elif known.ticket_id != ticket.id:
+        elif known != ticket.id:
             # Two different mails (not copies of one) with one Message-ID, on two tickets:
             # one of them is forged, and an answer naming it must join neither.
             log.warning("<%s> also names a mail on #%s: it threads no ticket any more",
-                        message.message_id, known.ticket_id)
-            session.delete(known)
+                        message.message_id, known)
+            connection.execute(_FORGET_THREAD_REF, {"message_id": message.message_id})
 
 
 def _copied(

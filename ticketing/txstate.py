@@ -15,7 +15,8 @@ _KEY = "mailgate.transaction"
 
 @dataclass
 class TransactionState:
-    # Agent address -> name, from the config and the agents table.
+    # Agent address -> name, from the config and the agents table; storing mail never
+    # changes them, so a batch of mails keeps them, and adding an agent forgets them.
     agents: dict[str, str] | None = None
     # Who is on each ticket: ticket id -> address -> participant as read from the
     # database, or None for one this transaction added (active).
