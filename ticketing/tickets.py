@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, insert
 from sqlalchemy import select as sa_select
@@ -42,6 +42,12 @@ _THREAD_OF = sa_select(_THREAD_REF.c.ticket_id).where(
 _FORGET_THREAD_REF = delete(_THREAD_REF).where(
     _THREAD_REF.c.message_id == bindparam("message_id"))
 _INSERT_ACCOUNT = insert(Account.__table__)  # type: ignore[attr-defined]
+_TICKET = Ticket.__table__  # type: ignore[attr-defined]
+_MESSAGE = Message.__table__  # type: ignore[attr-defined]
+_COLUMNS = {table.name: [c.name for c in table.columns if c.name != "id"]
+            for table in (_TICKET, _MESSAGE)}
+_INSERT_RETURNING = {table.name: insert(table).returning(table.c.id)
+                     for table in (_TICKET, _MESSAGE)}
 
 
 @dataclass(frozen=True)
@@ -71,11 +77,21 @@ def keep_files(session: Session, desk: Desk, raw: bytes, raw_sha256: str, mail: 
         desk.blobs.put(session, sha256, blobs[sha256])
 
 
+def _new_row(session: Session, table: Any, row: Ticket | Message) -> int:
+    """Write a new ticket or message by a plain insert and return its number. The object
+    stays out of the session: nothing in the transaction changes it once written."""
+    values = {name: getattr(row, name) for name in _COLUMNS[table.name]}
+    number = session.connection().execute(_INSERT_RETURNING[table.name], values).scalar_one()
+    return int(number)
+
+
 def _save(session: Session, message: Message, files: list[StoredFile], ticket: Ticket | None) -> None:
     message.ticket_id = ticket.id if ticket else None
-    session.add(message)
-    session.flush()
-    assert message.id is not None
+    if message.id is None:  # a mail just received
+        message.id = _new_row(session, _MESSAGE, message)
+    else:  # a held mail, stored before, now on a ticket
+        session.add(message)
+        session.flush()
     connection = session.connection()
     if files:
         connection.execute(_INSERT_ATTACHMENT, [
@@ -229,8 +245,7 @@ def open_ticket(
         status_changed_at=now,
         customer_wrote_at=now,
     )
-    session.add(ticket)
-    session.flush()
+    ticket.id = _new_row(session, _TICKET, ticket)
     message.kind = "request"
     _save(session, message, files, ticket)
     opened(session, ticket)
