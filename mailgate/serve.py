@@ -19,7 +19,7 @@ from mailgate.outbound import Attempt, Transport, send_due, transport_for
 from mailgate.paging import run_paging
 from mailgate.waiting import first_of
 from ticketing.blobs import clean_temporary
-from ticketing.db import StorageError
+from ticketing.db import StorageError, on_commit
 from ticketing.desk import Desk
 from ticketing.ingest import ingest
 from ticketing.leases import this_process
@@ -129,6 +129,10 @@ async def serve(
         if pages:
             loop.call_soon_threadsafe(wake_pages.set)
 
+    def written(tables: frozenset[str]) -> None:
+        if "outbox" in tables or "page" in tables:
+            wake("page" in tables)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(signum, stop.set)
@@ -179,38 +183,44 @@ async def serve(
         raise
     address = server.sockets[0].getsockname() if server.sockets else (settings.smtp.host, 0)
     log.info("SMTP listening on %s:%s for %s", address[0], address[1], settings.support.address)
-    tasks = [
-        asyncio.create_task(outbound_worker(desk, stop, wake_outbound), name="outbound"),
-        asyncio.create_task(
-            run_paging(desk.engine, settings, desk.clock, stop, wake_pages), name="paging"
-        ),
-    ]
-    web_task = None
-    if web_socket is not None:
-        web_task = asyncio.create_task(
-            run_server(web_app(desk, executor, monitor.request), web_socket, stop), name="web")
-        log.info("Help Desk on %s", settings.web.url)
-    if monitoring_socket is not None:
-        tasks.append(asyncio.create_task(
-            run_server(web_server(monitor.app()), monitoring_socket, stop), name="monitoring"))
-        where = monitoring_socket.getsockname()
-        log.info("monitoring on http://%s:%s/metrics", where[0], where[1])
-    for box in settings.imap:
-        fetcher = ImapFetcher(box, desk.engine, partial(ingest, desk), desk.clock)
-        tasks.append(asyncio.create_task(fetcher.run(stop), name=f"imap {box.key}"))
-    if ready is not None:
-        ready.set()
-    print(f"mailgate: listening on {address[0]}:{address[1]}; stop with Ctrl-C", flush=True)
-    await stop.wait()
-    log.info("stopping: no new connections; finishing mail in hand")
-    server.close()
-    await server.wait_closed()
-    if web_task is not None:
-        await web_task  # its requests in hand may still be ingesting
-    executor.shutdown(wait=True)
-    for task in tasks:
-        try:
-            await asyncio.wait_for(task, timeout=10)
-        except (TimeoutError, asyncio.CancelledError):
-            task.cancel()
+    # Mail and pages queued or made due again by any commit in this process, through
+    # whichever door (SMTP, IMAP, the web, an operator's retry), go out at once.
+    stop_listening = on_commit(desk.engine, written)
+    try:
+        tasks = [
+            asyncio.create_task(outbound_worker(desk, stop, wake_outbound), name="outbound"),
+            asyncio.create_task(
+                run_paging(desk.engine, settings, desk.clock, stop, wake_pages), name="paging"
+            ),
+        ]
+        web_task = None
+        if web_socket is not None:
+            web_task = asyncio.create_task(
+                run_server(web_app(desk, executor, monitor.request), web_socket, stop), name="web")
+            log.info("Help Desk on %s", settings.web.url)
+        if monitoring_socket is not None:
+            tasks.append(asyncio.create_task(
+                run_server(web_server(monitor.app()), monitoring_socket, stop), name="monitoring"))
+            where = monitoring_socket.getsockname()
+            log.info("monitoring on http://%s:%s/metrics", where[0], where[1])
+        for box in settings.imap:
+            fetcher = ImapFetcher(box, desk.engine, partial(ingest, desk), desk.clock)
+            tasks.append(asyncio.create_task(fetcher.run(stop), name=f"imap {box.key}"))
+        if ready is not None:
+            ready.set()
+        print(f"mailgate: listening on {address[0]}:{address[1]}; stop with Ctrl-C", flush=True)
+        await stop.wait()
+        log.info("stopping: no new connections; finishing mail in hand")
+        server.close()
+        await server.wait_closed()
+        if web_task is not None:
+            await web_task  # its requests in hand may still be ingesting
+        executor.shutdown(wait=True)
+        for task in tasks:
+            try:
+                await asyncio.wait_for(task, timeout=10)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+    finally:
+        stop_listening()
     log.info("stopped")

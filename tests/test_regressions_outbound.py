@@ -20,7 +20,7 @@ from tests.harness import Relay, request
 from tests.servers import free_port
 from ticketing.blobs import FolderBlobs
 from ticketing.clock import FixedClock
-from ticketing.db import transaction
+from ticketing.db import on_commit, transaction
 from ticketing.desk import Desk
 from ticketing.inbound import Inbound
 from ticketing.ingest import ingest
@@ -295,3 +295,35 @@ def test_relay_answering_451_keeps_the_mail_for_a_later_attempt(
         [row] = _outbox(desk)
         assert (row.status, row.attempts) == ("sent", 2)
         assert json.loads(row.recipients) == [GONE]
+
+
+# 3. The commits serve's workers are woken by.
+
+def test_each_commit_that_queues_mail_or_changes_it_is_told_and_a_pass_with_nothing_due_is_not(
+    desks: Callable[..., Desk], clock: FixedClock
+) -> None:
+    with Answering({GONE: "451 4.3.0 try again later"}) as answering:
+        desk = desks(clock=clock, outbound={"relay": answering.address})
+        told: list[frozenset[str]] = []
+        stop = on_commit(desk.engine, told.append)
+        _requests(desk, [GONE])  # queues her confirmation
+        assert [t for t in told if "outbox" in t] == [told[-1]]
+        told.clear()
+        # Tried, and kept for a later attempt: a change to the row.
+        assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
+        assert answering.attempts == [GONE]
+        assert told and all("outbox" in t for t in told)
+        told.clear()
+        # Nothing due: a pass that claims nothing changes nothing, and nobody is told.
+        assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
+        assert answering.attempts == [GONE]
+        assert told == []
+        # Made due again in a transaction of its own, as an operator's change does.
+        with transaction(desk.engine) as session:
+            row = session.exec(select(Outbox)).one()
+            row.next_attempt_at = clock.now()
+            session.add(row)
+        assert told == [frozenset({"outbox"})]
+        stop()
+        _requests(desk, ["carol@customer.test"])
+        assert told == [frozenset({"outbox"})]

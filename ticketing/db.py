@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -112,11 +115,60 @@ def _one_writer(engine: Engine) -> Iterator[None]:
         yield
 
 
+# Told, after each commit on an engine, the names of the tables it wrote (see on_commit).
+_LISTENERS: weakref.WeakKeyDictionary[Engine, list[Callable[[frozenset[str]], None]]] = (
+    weakref.WeakKeyDictionary())
+_open = threading.local()  # this thread's transaction: its engine, and the tables written
+
+
+def on_commit(engine: Engine, listener: Callable[[frozenset[str]], None]) -> Callable[[], None]:
+    """Call `listener` with the names of the tables each transaction on `engine` inserted
+    rows into or changed rows of, once it has committed, whatever part of the desk it
+    came from. Returns the function that stops it."""
+    listeners = _LISTENERS.setdefault(engine, [])
+    listeners.append(listener)
+    if not event.contains(engine, "after_cursor_execute", _note_written):
+        event.listen(engine, "after_cursor_execute", _note_written)
+
+    def stop() -> None:
+        if listener in listeners:
+            listeners.remove(listener)
+
+    return stop
+
+
+def _note_written(connection: Any, cursor: Any, statement: str, parameters: Any,
+                  context: Any, executemany: bool) -> None:
+    current = getattr(_open, "transaction", None)
+    if current is None or current[0] is not connection.engine or context is None:
+        return
+    # An UPDATE that changed no row wrote nothing: a worker's claim that found no due
+    # row must not wake that worker again. (SQLite counts the rows of an UPDATE with
+    # RETURNING only as they are read: such an UPDATE is not seen here.)
+    if context.compiled is not None and (
+            context.isinsert or (context.isupdate and cursor.rowcount != 0)):
+        table = getattr(context.compiled.statement, "table", None)
+        if table is not None:
+            current[1].add(table.name)
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """The only place that commits: everything done in the block lands together or not at all."""
-    with _one_writer(engine), _session(engine) as session:
-        yield session
+    written: set[str] = set()
+    outer = getattr(_open, "transaction", None)
+    _open.transaction = (engine, written)
+    try:
+        with _one_writer(engine), _session(engine) as session:
+            yield session
+    finally:
+        _open.transaction = outer
+    if written:
+        for listener in list(_LISTENERS.get(engine, ())):
+            try:
+                listener(frozenset(written))
+            except Exception:  # what committed stays committed
+                log.exception("a listener of commits failed")
 
 
 @contextmanager
