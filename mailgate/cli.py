@@ -169,9 +169,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-DATABASE_RETRY = 5  # seconds between tries while the database does not answer at start
-
-
 def _wait_for_database(desk: Desk) -> None:
     """Check the schema, waiting first for a database server that does not answer yet
     (it may be starting too): one line says so, not a traceback each time a supervisor
@@ -183,6 +180,7 @@ def _wait_for_database(desk: Desk) -> None:
     from ticketing.db import StorageError, schema_state
 
     url = desk.settings.database
+    retry = desk.settings.database_retry
     told = False
     while True:
         try:
@@ -193,10 +191,10 @@ def _wait_for_database(desk: Desk) -> None:
                 raise  # a file, not a server: nothing to wait for
             if not told:
                 reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
-                log.warning("database not reachable at %s: retrying every %d s (%s)",
-                            _shown(url), DATABASE_RETRY, reason)
+                log.warning("database not reachable at %s: retrying every %g s (%s)",
+                            _shown(url), retry, reason)
                 told = True
-            time.sleep(DATABASE_RETRY)
+            time.sleep(retry)
     if told:
         log.info("database reachable at %s: starting", _shown(url))
     if state != "current":

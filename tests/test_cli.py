@@ -33,6 +33,7 @@ def write_config(tmp_path: Path, database_url: str, **extra: str) -> Path:
         'secret = "cli-test-secret"',
         "[database]",
         f'url = "{database_url}"',
+        extra.pop("database", ""),  # more of the same table
         "[storage]",
         f'path = "{tmp_path / "data"}"',
     ]
@@ -75,6 +76,10 @@ def test_bad_config_is_refused_naming_the_key(tmp_path: Path) -> None:
     result = run(path, "serve")
     assert result.returncode == 78
     assert b"support.adress: unknown key" in result.stderr
+    path.write_text('[database]\nretry = 0\n')
+    result = run(path, "serve")
+    assert result.returncode == 78
+    assert b"database.retry: expected seconds above 0" in result.stderr
 
 
 def test_serve_refuses_a_database_without_schema(tmp_path: Path) -> None:

@@ -64,7 +64,9 @@ def test_serve_waits_for_a_database_that_is_not_there_yet(
 
     name = f"mailgate_late_{uuid.uuid4().hex[:10]}"
     port = free_port()
-    config = write_config(tmp_path, postgres_url(name), smtp=f"port = {port}")
+    # Tried again every half second, so the test does not wait out the default five.
+    config = write_config(tmp_path, postgres_url(name), smtp=f"port = {port}",
+                          database="retry = 0.5")
     log = config.with_suffix(".log")
     env = commands.operator_env()
     admin = create_engine("postgresql+psycopg://" + POSTGRES_URL.removeprefix("postgresql://"),
@@ -92,7 +94,7 @@ def test_serve_waits_for_a_database_that_is_not_there_yet(
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
     (line,) = _log_lines(log, "database not reachable")
-    assert f"{name}" in line and "retrying every 5 s" in line
+    assert f"{name}" in line and "retrying every 0.5 s" in line
     assert "Traceback" not in log.read_text()
 
 

@@ -218,6 +218,8 @@ class StatusSettings:
 class Settings:
     support: SupportSettings = field(default_factory=SupportSettings)
     database_url: str = ""
+    # Seconds between tries while the database server does not answer when serve starts.
+    database_retry: float = 5.0
     # Relative to the working directory unless the config file names another place.
     storage_path: Path = field(default_factory=lambda: Path.cwd() / "data")
     storage_blobs: str = ""  # "database" | "folder"; unset: as blob_store says
@@ -388,8 +390,12 @@ def settings_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> 
         if not host or not port.isdigit():
             raise ConfigError(f"outbound.relay: expected host:port, got {outbound.relay!r}")
 
-    database = data.get("database", {})
+    database = dict(data.get("database", {}))
     if database:
+        retry = database.pop("retry", 5.0)
+        if isinstance(retry, bool) or not isinstance(retry, (int, float)) or retry <= 0:
+            raise ConfigError(f"database.retry: expected seconds above 0, got {retry!r}")
+        values["database_retry"] = float(retry)
         database = _plain_table("database", database, {"url"})
         values["database_url"] = database.get("url", "")
     storage = _plain_table("storage", data.get("storage", {}), {"path", "blobs"})
