@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
@@ -19,11 +20,54 @@ log = logging.getLogger(__name__)
 
 
 class WebServer(uvicorn.Server):
-    """serve owns SIGTERM and SIGINT: uvicorn must not take them over while it runs."""
+    """serve owns SIGTERM and SIGINT: uvicorn must not take them over while it runs.
+    It stops as soon as it is told to (stop()), where uvicorn looks every 0.1 s and then
+    gives its connections a fixed 0.1 s more: a fifth of a second at every stop."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._told = asyncio.Event()
+
+    def stop(self) -> None:
+        self.should_exit = True
+        self._told.set()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def main_loop(self) -> None:
+        # uvicorn's on_tick renews the Date header on every tenth tick of 0.1 s: here each
+        # tick is a second, or ends when told to stop.
+        ticks = 0
+        while not await self.on_tick(ticks):
+            ticks = (ticks + 10) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._told.wait(), 1.0)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # As uvicorn's: no new connections, idle ones closed, the requests in hand
+        # finished (cancelled after timeout_graceful_shutdown), then the lifespan's end;
+        # without sleeping a tenth of a second when nothing is left to wait for.
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        loop = asyncio.get_running_loop()
+        limit = self.config.timeout_graceful_shutdown
+        deadline = loop.time() + limit if limit is not None else math.inf
+        while self.server_state.connections or self.server_state.tasks:
+            if loop.time() > deadline or self.force_exit:
+                log.error("cancelling %d request(s) still running at shutdown",
+                          len(self.server_state.tasks))
+                for task in self.server_state.tasks:
+                    task.cancel()
+                break
+            await asyncio.sleep(0.01)
+        if not self.force_exit:
+            await self.lifespan.shutdown()
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -70,6 +114,6 @@ async def run_server(server: WebServer, sock: socket.socket, stop: asyncio.Event
     task = asyncio.create_task(server.serve(sockets=[sock]), name="web")
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
+    server.stop()
     stopping.cancel()
     await task
