@@ -6,7 +6,10 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -57,15 +60,6 @@ def retry_after_seconds(value: str, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
-def _lease(settings: Settings) -> timedelta:
-    # Long enough for the slowest hook to answer; a worker that dies holding a claim
-    # loses it when the lease runs out and another worker takes the page.
-    longest = HTTP_TIMEOUT
-    if settings.oncall.command is not None:
-        longest = max(longest, float(settings.oncall.command.timeout))
-    return timedelta(seconds=longest + 60)
-
-
 @dataclass(frozen=True)
 class _Claimed:
     id: int
@@ -73,6 +67,63 @@ class _Claimed:
     hook: str
     action: str
     payload: str
+
+
+def _lease(settings: Settings) -> timedelta:
+    # Short, and renewed while the hook is called: a worker that dies holding a claim
+    # loses it within one lease, and another worker takes the page.
+    return timedelta(seconds=settings.oncall.lease)
+
+
+def _longest_call(settings: Settings) -> float:
+    """Seconds past which a hook call is stuck, not slow: its lease is renewed no longer."""
+    longest = HTTP_TIMEOUT
+    if settings.oncall.command is not None:
+        longest = max(longest, float(settings.oncall.command.timeout))
+    return longest + 60
+
+
+@contextmanager
+def _renewing(engine: Engine, clock: Clock, claimed: _Claimed, worker: str, lease: timedelta,
+              longest: float) -> Iterator[None]:
+    """Renew the page's lease every third of it while the body (the hook call) runs, for
+    at most `longest` seconds: a slow hook never loses the page to another worker, and
+    the page of a worker that died is anyone's one lease after its last renewal."""
+    done = threading.Event()
+
+    def renew() -> None:
+        started = time.monotonic()
+        while not done.wait(lease.total_seconds() / 3):
+            if time.monotonic() - started > longest:
+                log.warning("[#%d] page %d: the %s hook has not answered in %.0f s; its "
+                            "lease is no longer renewed", claimed.ticket_id, claimed.id,
+                            claimed.hook, longest)
+                return
+            try:
+                with transaction(engine) as session:
+                    now = clock.now()
+                    renewed = session.execute(
+                        update(Page)
+                        .where(col(Page.id) == claimed.id, col(Page.status) == "pending",
+                               PAGES.held_by(worker), col(Page.claimed_until).is_not(None))
+                        .values(PAGES.take(worker, now + lease))
+                    )
+                    if renewed.rowcount != 1:  # type: ignore[attr-defined]
+                        # An operator retried it, or another worker took it: its answer decides.
+                        log.warning("[#%d] page %d: no longer held by %s", claimed.ticket_id,
+                                    claimed.id, worker)
+                        return
+            except Exception as exc:  # the next renewal tries again; the lease may run out
+                log.warning("[#%d] page %d: could not renew its lease: %s", claimed.ticket_id,
+                            claimed.id, exc)
+
+    renewer = threading.Thread(target=renew, name=f"page-{claimed.id}-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
 
 
 def _claimable(now: datetime) -> list[Any]:
@@ -191,7 +242,7 @@ def send_due_pages(
     hooks = hooks_for(settings.oncall) if hooks is None else hooks
     rng = rng or random.Random()
     worker = holder_name(worker)
-    lease = _lease(settings)
+    lease, longest = _lease(settings), _longest_call(settings)
     seen: set[int] = set()
     tried = 0
     while tried < limit:
@@ -204,7 +255,8 @@ def send_due_pages(
             outcome = HookAnswer(False, f"the {claimed.hook} hook is no longer configured")
         else:
             try:
-                outcome = hook.send(claimed.payload.encode("utf-8"))
+                with _renewing(engine, clock, claimed, worker, lease, longest):
+                    outcome = hook.send(claimed.payload.encode("utf-8"))
             except Exception as exc:  # a broken hook must not leave the page claimed
                 log.exception("[#%d] page %d: the %s hook failed", claimed.ticket_id,
                               claimed.id, claimed.hook)

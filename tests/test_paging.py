@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,7 +34,7 @@ from ticketing.clock import FixedClock
 from ticketing.db import transaction
 from ticketing.models import Page, PageAttempt, Ticket
 from ticketing.oncall import escalate, resolve
-from ticketing.settings import Settings
+from ticketing.settings import ConfigError, Settings, settings_from_mapping
 
 ROUTING_KEY = "0123456789abcdef0123456789abcdef"
 SECRET = "webhook-secret"
@@ -440,18 +441,53 @@ def test_a_claim_left_by_a_dead_worker_runs_out(
     engine: Engine, database_url: str, tmp_path: Path, clock: FixedClock, server: HookServer
 ) -> None:
     settings = paging_settings(tmp_path, database_url, server, ("webhook",))
+    lease = settings.oncall.lease
     [page] = page_for(engine, open_ticket(engine, clock.now()), settings, clock.now())
     with transaction(engine) as session:
         # What a worker killed between its claim and the hook's answer leaves behind.
         stored = session.get_one(Page, page.id)
-        stored.claimed_by, stored.claimed_until = "dead", clock.now() + timedelta(seconds=70)
+        stored.claimed_by, stored.claimed_until = "dead", clock.now() + timedelta(seconds=lease)
 
     assert send_due_pages(engine, settings, clock, "w1") == 0
-    clock.advance(seconds=70)
+    clock.advance(seconds=lease)
     assert send_due_pages(engine, settings, clock, "w1") == 1
     assert send_due_pages(engine, settings, clock, "w1") == 0
     assert len(server.received) == 1
     assert pages(engine)[0].status == "delivered"
+
+
+def test_a_slow_hook_keeps_its_page_past_the_lease(
+    engine: Engine, database_url: str, tmp_path: Path, clock: FixedClock, server: HookServer
+) -> None:
+    settings = paging_settings(tmp_path, database_url, server, ("webhook",), lease=2)
+    [page] = page_for(engine, open_ticket(engine, clock.now()), settings, clock.now())
+    second: list[int] = []
+
+    def meanwhile() -> None:
+        # The hook is slow: the claim's first lease has run out long before it answers.
+        clock.advance(seconds=10)
+        deadline = time.monotonic() + 20
+        while (until := pages(engine)[0].claimed_until) is None or until <= clock.now():
+            assert time.monotonic() < deadline, "the lease was not renewed within 20 s"
+            time.sleep(0.02)
+        second.append(send_due_pages(engine, settings, clock, "w2"))
+
+    server.on_request = meanwhile
+    assert send_due_pages(engine, settings, clock, "w1") == 1
+
+    assert second == [0]  # renewed while the hook was called: nobody else took the page
+    assert len(server.received) == 1
+    stored = pages(engine)[0]
+    assert (stored.id, stored.status, stored.attempts) == (page.id, "delivered", 1)
+    assert stored.claimed_until is None
+
+
+@pytest.mark.parametrize("lease", [0, 1])
+def test_a_page_lease_under_two_seconds_is_refused(lease: int) -> None:
+    with pytest.raises(ConfigError, match=r"oncall\.lease: at least 2 seconds"):
+        settings_from_mapping({"oncall": {"lease": lease}})
+    assert settings_from_mapping({"oncall": {"lease": 2}}).oncall.lease == 2
+    assert settings_from_mapping({}).oncall.lease == 30
 
 
 def test_escalating_twice_adds_no_second_page(

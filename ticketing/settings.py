@@ -130,12 +130,18 @@ class CommandHook:
     timeout: int = 30
 
 
+PAGE_LEASE_MIN = 2  # seconds: the shortest page lease (oncall.lease)
+
+
 @dataclass(frozen=True)
 class OncallSettings:
     page_on: tuple[str, ...] = ("S0",)
     s1_outside_hours: bool = False
     give_up_after: int = 3600
     retry_base: float = 15.0  # seconds before the second attempt, doubling after
+    # A page being sent is held this long, renewed while its hook is called: a page whose
+    # worker died is taken again after this.
+    lease: int = 30
     # Pages one requester, and one requester's domain, may cause an hour (0: no limit).
     max_pages_per_sender: int = 3
     max_pages_per_domain: int = 10
@@ -458,6 +464,10 @@ def _oncall(table: Any) -> OncallSettings:
     for level in oncall.page_on:
         if level not in ("S0", "S1", "S2", "S3"):
             raise ConfigError(f"oncall.page_on: unknown severity {level!r}")
+    if oncall.lease < PAGE_LEASE_MIN:
+        # Renewed every third of it: shorter, and a slow renewal would hand the page to
+        # another worker while the hook is still being called.
+        raise ConfigError(f"oncall.lease: at least {PAGE_LEASE_MIN} seconds, got {oncall.lease}")
     hooks: dict[str, Any] = {}
     if "webhook" in table:
         hooks["webhook"] = _build(WebhookHook, "oncall.webhook", table["webhook"], ("url",))
