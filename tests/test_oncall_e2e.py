@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -158,23 +159,58 @@ def test_raised_to_s0_later_pages_then(desks: Callable[..., Desk], relay: Relay,
         assert session.exec(select(Ticket)).one().severity == 0
 
 
+class SilentHook:
+    """A hook that takes the connection and the request and never answers, so a serve
+    killed meanwhile dies while its page worker holds the page."""
+
+    def __init__(self, port: int) -> None:
+        self.asked = threading.Event()
+        self.release = threading.Event()
+        hook = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                hook.asked.set()
+                hook.release.wait(60)  # and closes the connection without an answer
+
+        self.http = HttpServer(Handler, port)
+
+    def __enter__(self) -> SilentHook:
+        self.http.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.http.stop()
+
+    def wait_for_request(self, timeout: float = 20) -> None:
+        if not self.asked.wait(timeout):
+            raise AssertionError(f"no page asked for within {timeout} s")
+
+
 def test_killed_before_the_page_is_delivered_it_goes_out_once_after_restart(
     tmp_path: Path, database_url: str, engine: Engine, relay: Relay
 ) -> None:
     port = free_port()
-    pager_port = free_port()  # nothing answers there at first
+    pager_port = free_port()
     config = write_config(
         tmp_path, database_url, smtp=f"port = {port}",
-        # The killed serve may have claimed the confirmation: the second takes it over
-        # once that claim has run out.
+        # The killed serve holds the page and may hold the confirmation: the second takes
+        # each over once its claim has run out, a lease after the last renewal.
         outbound=f'relay = "{relay.address}"\nlease = 2',
-        oncall=f"retry_base = 0.5\n[oncall.webhook]\nurl = \"http://127.0.0.1:{pager_port}/p\"",
+        oncall=f"retry_base = 0.5\nlease = 2\n"
+               f"[oncall.webhook]\nurl = \"http://127.0.0.1:{pager_port}/p\"",
     )
     assert run(config, "init").returncode == 0
-    with serving_process(config) as first:
+    # Killed while the hook call is under way: the page is claimed and no attempt recorded.
+    with SilentHook(pager_port) as hook, serving_process(config) as first:
         send(port, request("[S0] Everything is down", "Help."))
+        hook.wait_for_request()
         first.send_signal(signal.SIGKILL)
         first.wait(10)
+    listed = json.loads(run(config, "pages", "list", "--json").stdout)
+    assert [(p["status"], p["attempts"]) for p in listed] == [("pending", 0)]
     with Pager(port=pager_port) as pager, serving_process(config) as second:
         pager.wait_for(1, timeout=20)
         wait_until_sent(engine)  # the page is recorded as delivered: none is due again
