@@ -8,16 +8,13 @@ import os
 import re
 import smtplib
 import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from select import select as ready_now
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, or_, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, select
 
 from mailgate.backoff import backoff
@@ -136,17 +133,14 @@ class RelayTransport:
                 client.close()
 
     def _session(self) -> smtplib.SMTP:
-        """The open connection, or a new one: one connection serves a batch.
-
-        A finished mail leaves the relay ready for the next (RFC 5321 4.1.4), so a kept
-        connection needs no RSET; one the relay has closed or spoken on unasked (a 421
-        before it hangs up) is readable before we say anything: a new one replaces it."""
-        client = self._client
-        if client is not None:
-            if not _readable(client):
-                return client
-            client.close()
-            self._client = None
+        """The open connection, after RSET, or a new one: one connection serves a batch."""
+        if self._client is not None:
+            try:
+                self._client.rset()
+                return self._client
+            except (OSError, smtplib.SMTPException):
+                self._client.close()
+                self._client = None
         self._client = self._connect()
         return self._client
 
@@ -165,7 +159,7 @@ class RelayTransport:
 
     def send(self, row: Outbox) -> Sent:
         try:
-            raw = row.raw if row.files in ("", "[]") else b"".join(message(row, self.blobs))
+            raw = b"".join(message(row, self.blobs))
         except OSError as exc:  # a file it names cannot be read here now
             raise TemporaryFailure(f"attached file: {exc}") from exc
         if self._client is not None:
@@ -239,21 +233,6 @@ class RelayTransport:
         return RelayRefused(f"{self.name} refused the mail: {answer}")
 
 
-def _readable(client: smtplib.SMTP) -> bool:
-    """Anything to read on a connection that waits for our next command: the relay has
-    closed it, spoken unasked, or it is broken. A look that does not wait."""
-    sock = client.sock
-    if sock is None:
-        return True
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return True
-    try:
-        readable, _, broken = ready_now([sock], [], [sock], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable or broken)
-
-
 # RFC 3463: X.1.x is about the address, X.2.x about the mailbox: the reader's own
 # failure. X.7.x (policy, "relay access denied", authentication), X.3.x, X.4.x and
 # X.5.x are about the relay, the network or our mail.
@@ -298,63 +277,31 @@ def _due(now: Any) -> Any:
     return (col(Outbox.status) == "pending", col(Outbox.next_attempt_at) <= now, OUTBOX.free(now))
 
 
-# Built once, on the table (not through the ORM): the worker runs them for every batch.
-# The next due rows, skipping rows another PostgreSQL transaction has locked (SQLite has
-# one writer and no FOR UPDATE); the UPDATE checks each is still due, so a row is won
-# once whatever the isolation.
-_OUTBOX: Table = Outbox.__table__  # type: ignore[attr-defined]
+# Built once: the worker runs them for every mail. The next due row, skipping rows
+# another PostgreSQL transaction has locked (SQLite has one writer and no FOR UPDATE);
+# the UPDATE checks it is still due, so a row is won once whatever the isolation.
 _NEXT_DUE = (
-    select(_OUTBOX.c.id).where(*_due(bindparam("now"))).order_by(_OUTBOX.c.id)
-    .limit(bindparam("count")).with_for_update(skip_locked=True)
+    select(Outbox.id).where(*_due(bindparam("now"))).order_by(col(Outbox.id)).limit(1)
+    .with_for_update(skip_locked=True).scalar_subquery()
 )
 _CLAIM = (
-    update(_OUTBOX).where(_OUTBOX.c.id.in_(_NEXT_DUE), *_due(bindparam("now")))
+    update(Outbox).where(col(Outbox.id) == _NEXT_DUE, *_due(bindparam("now")))
     .values(OUTBOX.take(bindparam("worker"), bindparam("until")))
-    .returning(*_OUTBOX.c)
-)
-_ANY_DUE = select(_OUTBOX.c.id).where(*_due(bindparam("now"))).limit(1)
-_HELD = select(_OUTBOX.c.id).where(_OUTBOX.c.id == bindparam("row"),
-                                   _OUTBOX.c.status == "pending",
-                                   OUTBOX.held_by(bindparam("worker")))
-# One claimed mail's lease, renewed just before it is sent: still this worker's, or
-# free and due again (its lease ran out and nobody took it).
-_RENEW = (
-    update(_OUTBOX)
-    .where(_OUTBOX.c.id == bindparam("row"), _OUTBOX.c.status == "pending",
-           or_(and_(OUTBOX.held_by(bindparam("worker")),
-                    _OUTBOX.c.claimed_until > bindparam("now")),
-               and_(*_due(bindparam("now")))))
-    .values(OUTBOX.take(bindparam("worker"), bindparam("until")))
+    .returning(Outbox)
 )
 _SENT = (
-    update(_OUTBOX)
-    .where(_OUTBOX.c.id.in_(bindparam("rows", expanding=True)),
-           OUTBOX.held_by(bindparam("worker")))
-    .values(status="sent", attempts=_OUTBOX.c.attempts + 1, sent_at=bindparam("now"),
-            last_error="", **OUTBOX.let_go())
-    .returning(_OUTBOX.c.id)
+    update(Outbox)
+    .where(col(Outbox.id) == bindparam("row"), OUTBOX.held_by(bindparam("worker")))
+    .values(status="sent", attempts=Outbox.attempts + 1, sent_at=bindparam("now"), last_error="",
+            **OUTBOX.let_go())
 )
 
 _SENT_LATE = (
-    update(_OUTBOX)
-    .where(_OUTBOX.c.id == bindparam("row"), _OUTBOX.c.status == "pending")
-    .values(status="sent", attempts=_OUTBOX.c.attempts + 1, sent_at=bindparam("now"),
-            last_error="", **OUTBOX.let_go())
+    update(Outbox)
+    .where(col(Outbox.id) == bindparam("row"), col(Outbox.status) == "pending")
+    .values(status="sent", attempts=Outbox.attempts + 1, sent_at=bindparam("now"), last_error="",
+            **OUTBOX.let_go())
 )
-_LET_GO = (
-    update(_OUTBOX)
-    .where(_OUTBOX.c.id.in_(bindparam("rows", expanding=True)),
-           _OUTBOX.c.status == "pending", OUTBOX.held_by(bindparam("worker")))
-    .values(**OUTBOX.let_go())
-)
-# Mails a pass claimed and did not send, as the database went away: the next pass of the
-# same worker lets go of them first (a worker makes one pass at a time).
-_UNSENT: dict[str, set[int]] = {}
-_UNSENT_LOCK = threading.Lock()
-
-# Mails claimed in one statement: a worker that dies leaves at most these to wait for
-# their lease to run out, and none of them is sent twice.
-BATCH = 10
 
 
 @dataclass(frozen=True)
@@ -369,76 +316,31 @@ class Attempt:
     relay: bool = False  # the relay refused it as a whole: its problem, said loudly
 
 
-def _claim(session: Session, desk: Desk, worker: str, count: int) -> list[Outbox]:
-    """Take up to `count` due mails for this worker alone, oldest first, just before
-    sending them one after another.
+def _claim(session: Session, desk: Desk, worker: str) -> Outbox | None:
+    """Take the next due mail for this worker alone, just before sending it.
 
     A conditional UPDATE wins each row once across threads, processes and machines on
     one database; the lease runs out only if the worker dies, so no batch can outlive it.
     """
     lease = timedelta(seconds=desk.settings.outbound.lease)
-    # The statements below go to the connection, past the session: a result recorded
-    # on loaded rows in this transaction is written first, or the claim would not see it.
-    session.flush()
-    connection = session.connection()
-    for _ in range(5):  # another worker may win the rows we picked: pick again
+    for _ in range(5):  # another worker may win the row we picked: pick again
         now = desk.clock.now()
-        params = {"now": now, "worker": worker, "until": now + lease, "count": count}
-        claimed = connection.execute(_CLAIM, params).mappings().all()
-        if claimed:
-            # Not in the session: each row as it stands once claimed, to send and record.
-            return sorted((Outbox.model_construct(**row) for row in claimed),
-                          key=lambda row: row.id or 0)
-        if connection.execute(_ANY_DUE, {"now": now}).first() is None:
-            return []
-    return []
+        params = {"now": now, "worker": worker, "until": now + lease}
+        # populate_existing: a row this session loaded before comes back as claimed now.
+        row = session.scalars(
+            _CLAIM, params,
+            execution_options={"synchronize_session": False, "populate_existing": True},
+        ).first()
+        if row is not None:
+            return row
+        if session.exec(select(Outbox.id).where(*_due(now)).limit(1)).first() is None:
+            return None
+    return None
 
 
 def claim_next(desk: Desk, worker: str) -> Outbox | None:
     with transaction(desk.engine) as session:
-        claimed = _claim(session, desk, holder_name(worker), 1)
-    return claimed[0] if claimed else None
-
-
-def _renew(session: Session, desk: Desk, row: Outbox, worker: str) -> bool:
-    """The lease of a claimed mail from now, or False when it is no longer this worker's
-    to send (its lease ran out and another worker took it)."""
-    now = desk.clock.now()
-    lease = timedelta(seconds=desk.settings.outbound.lease)
-    renewed = session.connection().execute(
-        _RENEW, {"row": row.id, "worker": worker, "now": now, "until": now + lease})
-    return bool(renewed.rowcount == 1)
-
-
-class _Reader:
-    """One connection a pass keeps for its reads, each in a transaction of its own and
-    without a write lock (SQLite's one writer is not taken to find nothing to do).
-    StorageError when the database does not answer: a mail is sent only while its
-    result can be recorded."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.connection: Connection | None = None
-
-    def finds(self, statement: Any, params: dict[str, Any]) -> bool:
-        try:
-            if self.connection is None:
-                self.connection = self.engine.connect()
-            try:
-                return self.connection.execute(statement, params).first() is not None
-            finally:
-                self.connection.rollback()
-        except (OperationalError, DBAPIError) as exc:
-            self.close()
-            raise StorageError(str(exc).splitlines()[0]) from exc
-
-    def close(self) -> None:
-        connection, self.connection = self.connection, None
-        if connection is not None:
-            try:
-                connection.close()
-            except (OperationalError, DBAPIError):
-                pass
+        return _claim(session, desk, holder_name(worker))
 
 
 def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
@@ -447,11 +349,8 @@ def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
     `keep_open`: the connection stays open for the next pass (the caller closes it);
     else it is closed when the pass ends.
 
-    Up to BATCH due mails are claimed in one statement and sent one after another; their
-    results are recorded together in the transaction that claims the next ones. Each
-    mail's lease counts from its claim: when time has passed since, the lease is renewed
-    (and what was sent recorded) before the mail goes, and a mail another worker took
-    meanwhile is left to it. The database must answer before each mail goes.
+    Each send's result is recorded in the same short transaction that claims the next
+    mail: one commit a mail, and a mail is held only while it is being sent.
 
     A send the database could not record (it went away) is kept in `unrecorded`, which
     the caller passes again: those are recorded first once the database is back, so the
@@ -459,15 +358,8 @@ def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
     """
     worker = holder_name(worker)
     kept = unrecorded if unrecorded is not None else []
-    # A lease renewed this long after its claim still covers the send (its default is
-    # five minutes, the relay's timeout one).
-    fresh = min(timedelta(seconds=1), timedelta(seconds=desk.settings.outbound.lease) / 10)
     sent = 0
-    wanted = limit
-    done: list[Attempt] = []  # tried, not yet recorded
-    batch: list[Outbox] = []  # claimed, not yet tried
-    claimed_at = desk.clock.now()
-    reader = _Reader(desk.engine)
+    previous: Attempt | None = None
     try:
         if kept:
             with transaction(desk.engine) as session:
@@ -475,85 +367,33 @@ def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
                     _record_attempt(session, desk, attempt, worker, late=True)
             log.warning("recorded %d send(s) made while the database was away", len(kept))
             kept.clear()
-        with _UNSENT_LOCK:
-            unsent = _UNSENT.pop(worker, set())
-        if unsent:
+        for _ in range(limit):
             try:
                 with transaction(desk.engine) as session:
-                    session.connection().execute(_LET_GO, {"rows": sorted(unsent),
-                                                           "worker": worker})
-            except BaseException:
-                with _UNSENT_LOCK:
-                    _UNSENT.setdefault(worker, set()).update(unsent)
-                raise
-        while True:
-            try:
-                if not batch:
-                    count = min(BATCH, wanted)
-                    if not done and (not count or not reader.finds(
-                            _ANY_DUE, {"now": desk.clock.now()})):
-                        break
-                    with transaction(desk.engine) as session:
-                        _record(session, desk, done, worker)
-                        batch = _claim(session, desk, worker, count) if count else []
-                    done = []
-                    if not batch:
-                        break
-                    wanted -= len(batch)
-                    claimed_at = desk.clock.now()
-                    row = batch.pop(0)
-                else:
-                    row = batch[0]
-                    if desk.clock.now() - claimed_at > fresh:
-                        with transaction(desk.engine) as session:
-                            _record(session, desk, done, worker)
-                            mine = _renew(session, desk, row, worker)
-                        done = []
-                    else:
-                        mine = reader.finds(_HELD, {"row": row.id, "worker": worker})
-                    batch.pop(0)
-                    if not mine:
-                        log.warning("outbox %s: no longer held by %s; leaving it", row.id,
-                                    worker)
-                        continue
+                    if previous is not None:
+                        _record_attempt(session, desk, previous, worker)
+                    row = _claim(session, desk, worker)
             except StorageError:
-                for attempt in done:
-                    _keep(kept, attempt)
-                # Claimed and not sent: let go of once the database is back, not held
-                # until the lease runs out.
-                with _UNSENT_LOCK:
-                    _UNSENT.setdefault(worker, set()).update(
-                        claimed.id for claimed in batch if claimed.id is not None)
+                _keep(kept, previous)
                 raise
-            attempt = _attempt(transport, row)
-            done.append(attempt)
-            sent += attempt.sent is not None
+            previous = None
+            if row is None:
+                break
+            previous = _attempt(transport, row)
+            sent += previous.sent is not None
+        if previous is not None:
+            try:
+                with transaction(desk.engine) as session:
+                    _record_attempt(session, desk, previous, worker)
+            except StorageError:
+                _keep(kept, previous)
+                raise
     except BaseException:
         transport.close()
         raise
-    finally:
-        reader.close()
     if not keep_open:
         transport.close()
     return sent
-
-
-def _record(session: Session, desk: Desk, attempts: list[Attempt], worker: str) -> None:
-    """Record several sends' results in one transaction: those sent to every reader in
-    one statement, whose WHERE holds the lease check; the others one by one."""
-    plain = {a.row.id: a.row for a in attempts if a.sent is not None and not a.sent.refused}
-    if plain:
-        done = set(session.connection().execute(
-            _SENT, {"rows": list(plain), "worker": worker, "now": desk.clock.now()}).scalars())
-        for row_id, row in plain.items():
-            if row_id in done:
-                log.info("[#%s] <%s> sent to %s", row.ticket_id or "-", row.message_id,
-                         row.recipients)
-            else:
-                log.warning("outbox %s: no longer held by %s; leaving it", row_id, worker)
-    for attempt in attempts:
-        if attempt.row.id not in plain:
-            _record_attempt(session, desk, attempt, worker)
 
 
 def _keep(kept: list[Attempt], attempt: Attempt | None) -> None:
@@ -581,11 +421,12 @@ def _attempt(transport: Transport, row: Outbox) -> Attempt:
 def _record_attempt(session: Session, desk: Desk, attempt: Attempt, worker: str,
             late: bool = False) -> None:
     row = attempt.row
-    if late and attempt.sent is not None and not attempt.sent.refused:
-        # A send recorded late counts whoever holds the mail now: it went out.
-        done = session.connection().execute(
-            _SENT_LATE, {"row": row.id, "worker": worker, "now": desk.clock.now()})
-        if done.rowcount != 1:
+    if attempt.sent is not None and not attempt.sent.refused:
+        # The common case in one statement; the lease check is in its WHERE. A send
+        # recorded late counts whoever holds the mail now: it went out.
+        done = session.execute(_SENT_LATE if late else _SENT,
+                               {"row": row.id, "worker": worker, "now": desk.clock.now()})
+        if done.rowcount != 1:  # type: ignore[attr-defined]
             log.warning("outbox %s: no longer held by %s; leaving it", row.id, worker)
         else:
             log.info("[#%s] <%s> sent to %s", row.ticket_id or "-", row.message_id, row.recipients)
