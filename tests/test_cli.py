@@ -80,6 +80,10 @@ def test_bad_config_is_refused_naming_the_key(tmp_path: Path) -> None:
     result = run(path, "serve")
     assert result.returncode == 78
     assert b"database.retry: expected seconds above 0" in result.stderr
+    path.write_text('database = "postgresql://db.example/mailgate"\n')
+    result = run(path, "serve")
+    assert result.returncode == 78
+    assert b"database: expected a table" in result.stderr
 
 
 def test_serve_refuses_a_database_without_schema(tmp_path: Path) -> None:

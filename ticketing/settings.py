@@ -396,12 +396,16 @@ def settings_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> 
         if not host or not port.isdigit():
             raise ConfigError(f"outbound.relay: expected host:port, got {outbound.relay!r}")
 
-    database = dict(data.get("database", {}))
+    database = data.get("database", {})
     if database:
-        retry = database.pop("retry", 5.0)
-        if isinstance(retry, bool) or not isinstance(retry, (int, float)) or retry <= 0:
-            raise ConfigError(f"database.retry: expected seconds above 0, got {retry!r}")
-        values["database_retry"] = float(retry)
+        if not isinstance(database, dict):
+            raise ConfigError("database: expected a table")
+        database = dict(database)
+        if "retry" in database:
+            retry = database.pop("retry")
+            if isinstance(retry, bool) or not isinstance(retry, int | float) or retry <= 0:
+                raise ConfigError(f"database.retry: expected seconds above 0, got {retry!r}")
+            values["database_retry"] = float(retry)
         database = _plain_table("database", database, {"url"})
         values["database_url"] = database.get("url", "")
     storage = _plain_table("storage", data.get("storage", {}), {"path", "blobs"})
