@@ -219,10 +219,9 @@ def open_new(
     account when they have none."""
     sender = new.sender
     if new.account is None:
+        # The other columns take the model's own defaults.
         session.connection().execute(_INSERT_ACCOUNT, {
-            "address": sender.address, "name": sender.name, "registered": False,
-            "bouncing_since": None, "bounce_detail": "", "created_at": desk.clock.now(),
-            "password_hash": "", "disabled_at": None,
+            "address": sender.address, "name": sender.name, "created_at": desk.clock.now(),
         })
     return open_ticket(session, desk, mail, message, files, sender, new.linked)
 
