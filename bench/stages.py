@@ -32,7 +32,7 @@ from mailgate.outbound import send_due, transport_for  # noqa: E402
 from ticketing.blobs import FolderBlobs  # noqa: E402
 from ticketing.db import migrate, transaction  # noqa: E402
 from ticketing.desk import Desk  # noqa: E402
-from ticketing.groupcommit import _begin, fresh_view  # noqa: E402
+from ticketing.groupcommit import fresh_view  # noqa: E402
 from ticketing.inbound import Inbound  # noqa: E402
 from ticketing.ingest import Prepared, prepare, record  # noqa: E402
 from ticketing.settings import settings_from_mapping  # noqa: E402
@@ -82,7 +82,6 @@ def main() -> None:
         t2 = time.perf_counter()
         statements = statements_cpu = 0.0
         with transaction(desk.engine) as session:
-            _begin(session)
             for p in prepared:
                 assert isinstance(p, Prepared)
                 fresh_view(session)
