@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from select import select as ready_now
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import Table, bindparam, update
 from sqlmodel import Session, col, select
 
 from mailgate.backoff import backoff
@@ -133,14 +134,17 @@ class RelayTransport:
                 client.close()
 
     def _session(self) -> smtplib.SMTP:
-        """The open connection, after RSET, or a new one: one connection serves a batch."""
-        if self._client is not None:
-            try:
-                self._client.rset()
-                return self._client
-            except (OSError, smtplib.SMTPException):
-                self._client.close()
-                self._client = None
+        """The open connection, or a new one: one connection serves a batch.
+
+        A finished mail leaves the relay ready for the next (RFC 5321 4.1.4), so a kept
+        connection needs no RSET; one the relay has closed or spoken on unasked (a 421
+        before it hangs up) is readable before we say anything: a new one replaces it."""
+        client = self._client
+        if client is not None:
+            if not _readable(client):
+                return client
+            client.close()
+            self._client = None
         self._client = self._connect()
         return self._client
 
@@ -159,7 +163,7 @@ class RelayTransport:
 
     def send(self, row: Outbox) -> Sent:
         try:
-            raw = b"".join(message(row, self.blobs))
+            raw = row.raw if row.files in ("", "[]") else b"".join(message(row, self.blobs))
         except OSError as exc:  # a file it names cannot be read here now
             raise TemporaryFailure(f"attached file: {exc}") from exc
         if self._client is not None:
@@ -233,6 +237,21 @@ class RelayTransport:
         return RelayRefused(f"{self.name} refused the mail: {answer}")
 
 
+def _readable(client: smtplib.SMTP) -> bool:
+    """Anything to read on a connection that waits for our next command: the relay has
+    closed it, spoken unasked, or it is broken. A look that does not wait."""
+    sock = client.sock
+    if sock is None:
+        return True
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    try:
+        readable, _, broken = ready_now([sock], [], [sock], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable or broken)
+
+
 # RFC 3463: X.1.x is about the address, X.2.x about the mailbox: the reader's own
 # failure. X.7.x (policy, "relay access denied", authentication), X.3.x, X.4.x and
 # X.5.x are about the relay, the network or our mail.
@@ -277,30 +296,33 @@ def _due(now: Any) -> Any:
     return (col(Outbox.status) == "pending", col(Outbox.next_attempt_at) <= now, OUTBOX.free(now))
 
 
-# Built once: the worker runs them for every mail. The next due row, skipping rows
-# another PostgreSQL transaction has locked (SQLite has one writer and no FOR UPDATE);
-# the UPDATE checks it is still due, so a row is won once whatever the isolation.
+# Built once, on the table (not through the ORM): the worker runs them for every mail.
+# The next due row, skipping rows another PostgreSQL transaction has locked (SQLite has
+# one writer and no FOR UPDATE); the UPDATE checks it is still due, so a row is won once
+# whatever the isolation.
+_OUTBOX: Table = Outbox.__table__  # type: ignore[attr-defined]
 _NEXT_DUE = (
-    select(Outbox.id).where(*_due(bindparam("now"))).order_by(col(Outbox.id)).limit(1)
+    select(_OUTBOX.c.id).where(*_due(bindparam("now"))).order_by(_OUTBOX.c.id).limit(1)
     .with_for_update(skip_locked=True).scalar_subquery()
 )
 _CLAIM = (
-    update(Outbox).where(col(Outbox.id) == _NEXT_DUE, *_due(bindparam("now")))
+    update(_OUTBOX).where(_OUTBOX.c.id == _NEXT_DUE, *_due(bindparam("now")))
     .values(OUTBOX.take(bindparam("worker"), bindparam("until")))
-    .returning(Outbox)
+    .returning(*_OUTBOX.c)
 )
+_ANY_DUE = select(_OUTBOX.c.id).where(*_due(bindparam("now"))).limit(1)
 _SENT = (
-    update(Outbox)
-    .where(col(Outbox.id) == bindparam("row"), OUTBOX.held_by(bindparam("worker")))
-    .values(status="sent", attempts=Outbox.attempts + 1, sent_at=bindparam("now"), last_error="",
-            **OUTBOX.let_go())
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("row"), OUTBOX.held_by(bindparam("worker")))
+    .values(status="sent", attempts=_OUTBOX.c.attempts + 1, sent_at=bindparam("now"),
+            last_error="", **OUTBOX.let_go())
 )
 
 _SENT_LATE = (
-    update(Outbox)
-    .where(col(Outbox.id) == bindparam("row"), col(Outbox.status) == "pending")
-    .values(status="sent", attempts=Outbox.attempts + 1, sent_at=bindparam("now"), last_error="",
-            **OUTBOX.let_go())
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("row"), _OUTBOX.c.status == "pending")
+    .values(status="sent", attempts=_OUTBOX.c.attempts + 1, sent_at=bindparam("now"),
+            last_error="", **OUTBOX.let_go())
 )
 
 
@@ -323,17 +345,18 @@ def _claim(session: Session, desk: Desk, worker: str) -> Outbox | None:
     one database; the lease runs out only if the worker dies, so no batch can outlive it.
     """
     lease = timedelta(seconds=desk.settings.outbound.lease)
+    # The statements below go to the connection, past the session: a result recorded
+    # on loaded rows in this transaction is written first, or the claim would not see it.
+    session.flush()
+    connection = session.connection()
     for _ in range(5):  # another worker may win the row we picked: pick again
         now = desk.clock.now()
         params = {"now": now, "worker": worker, "until": now + lease}
-        # populate_existing: a row this session loaded before comes back as claimed now.
-        row = session.scalars(
-            _CLAIM, params,
-            execution_options={"synchronize_session": False, "populate_existing": True},
-        ).first()
-        if row is not None:
-            return row
-        if session.exec(select(Outbox.id).where(*_due(now)).limit(1)).first() is None:
+        claimed = connection.execute(_CLAIM, params).mappings().first()
+        if claimed is not None:
+            # Not in the session: the row as it stands once claimed, to send and record.
+            return Outbox.model_construct(**claimed)
+        if connection.execute(_ANY_DUE, {"now": now}).first() is None:
             return None
     return None
 
@@ -424,9 +447,10 @@ def _record_attempt(session: Session, desk: Desk, attempt: Attempt, worker: str,
     if attempt.sent is not None and not attempt.sent.refused:
         # The common case in one statement; the lease check is in its WHERE. A send
         # recorded late counts whoever holds the mail now: it went out.
-        done = session.execute(_SENT_LATE if late else _SENT,
-                               {"row": row.id, "worker": worker, "now": desk.clock.now()})
-        if done.rowcount != 1:  # type: ignore[attr-defined]
+        done = session.connection().execute(
+            _SENT_LATE if late else _SENT,
+            {"row": row.id, "worker": worker, "now": desk.clock.now()})
+        if done.rowcount != 1:
             log.warning("outbox %s: no longer held by %s; leaving it", row.id, worker)
         else:
             log.info("[#%s] <%s> sent to %s", row.ticket_id or "-", row.message_id, row.recipients)
