@@ -35,10 +35,45 @@ def corpus_dir() -> Path:
     return path
 
 
+def _ephemeral_start() -> int:
+    """The first port the kernel gives outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# The tests' own servers listen on ports below the kernel's ephemeral range: any outgoing
+# connection on the machine (a database client, an SMTP client, another worker's) takes
+# its local port from that range, and could take a port picked there before the server
+# meant for it binds it. Each pytest worker hands out ports from a block of its own,
+# from a random place in it, so that two runs side by side rarely meet either.
+_BLOCK = 3000
+_LOWEST = 10000
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_FIRST = _LOWEST + (_WORKER % max(1, (_ephemeral_start() - _LOWEST) // _BLOCK)) * _BLOCK
+_next_port = _FIRST + int.from_bytes(os.urandom(2), "big") % _BLOCK
+_port_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port on 127.0.0.1 that nothing listens on now, for a server the test starts."""
+    global _next_port
+    if _ephemeral_start() - _LOWEST < _BLOCK:  # no room below the range: ask the kernel
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    with _port_lock:
+        for _ in range(_BLOCK):
+            port = _next_port
+            _next_port = _FIRST + (_next_port + 1 - _FIRST) % _BLOCK
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError(f"no free port in {_FIRST}-{_FIRST + _BLOCK - 1}")
 
 
 class QuietHandler(BaseHTTPRequestHandler):
