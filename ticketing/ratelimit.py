@@ -6,9 +6,10 @@ import logging
 from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, insert
+from sqlalchemy import bindparam, case, func, insert
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from ticketing.addresses import is_machine_address, normalize
 from ticketing.mailkind import MailKind
@@ -19,12 +20,26 @@ from ticketing.txstate import state_of
 log = logging.getLogger(__name__)
 
 WINDOW = timedelta(hours=1)
-_INSERT_LOG = insert(AutoReplyLog.__table__)  # type: ignore[attr-defined]
+_LOG = AutoReplyLog.__table__  # type: ignore[attr-defined]
+_ACCOUNT = Account.__table__  # type: ignore[attr-defined]
+_INSERT_LOG = insert(_LOG)
 # A status page update to its confirmed subscribers (MailKind.STATUS_UPDATE) counts
 # against each reader's hourly limit, but not against the ceiling on all automatic mail,
 # which keeps strangers' mail from making the desk a spam cannon; an operator's update to
 # those who asked for it is not that, and must not use up the room the customers'
 # confirmations need.
+# Built once: each new ticket asks them for every reader of its confirmation and notice.
+_SENT_SINCE = (sa_select(func.count()).select_from(_LOG)
+               .where(_LOG.c.sent_at > bindparam("since"),
+                      _LOG.c.kind != MailKind.STATUS_UPDATE.value))
+# Both windows of one address in one query: all its mails, and those about one ticket.
+_SENT_TO = (sa_select(func.count(),
+                      func.coalesce(func.sum(case((_LOG.c.ticket_id == bindparam("ticket"), 1),
+                                                  else_=0)), 0))
+            .where(_LOG.c.recipient == bindparam("address"), _LOG.c.sent_at > bindparam("since")))
+_BOUNCING_AMONG = (sa_select(_ACCOUNT.c.address)
+                   .where(_ACCOUNT.c.address.in_(bindparam("addresses", expanding=True)),
+                          _ACCOUNT.c.bouncing_since.is_not(None)))
 
 
 def _sent_since(session: Session, since: datetime) -> int:
@@ -32,10 +47,7 @@ def _sent_since(session: Session, since: datetime) -> int:
     then kept current by record_auto_reply()."""
     counts = state_of(session).auto_replies_since
     if since not in counts:
-        counts[since] = int(session.exec(
-            select(func.count()).select_from(AutoReplyLog)
-            .where(AutoReplyLog.sent_at > since, AutoReplyLog.kind != MailKind.STATUS_UPDATE)
-        ).one())
+        counts[since] = int(session.connection().execute(_SENT_SINCE, {"since": since}).scalar_one())
     return counts[since]
 
 
@@ -50,12 +62,9 @@ def bouncing(session: Session, addresses: Iterable[str]) -> set[str]:
     unknown = [a for a in dict.fromkeys(addresses) if a not in known]
     if unknown:
         # Nothing pending can change the answer (mark_bouncing writes its own, and
-        # records it here): no need to flush the transaction's new rows first.
-        with session.no_autoflush:
-            rows = set(session.exec(
-                select(Account.address).where(col(Account.address).in_(unknown),
-                                              col(Account.bouncing_since).is_not(None))
-            ).all())
+        # records it here): asked past the session, with no flush of its new rows first.
+        rows = set(session.connection().execute(
+            _BOUNCING_AMONG, {"addresses": unknown}).scalars())
         for address in unknown:
             known[address] = address in rows
     return {a for a, bounces in known.items() if bounces}
@@ -92,13 +101,8 @@ def may_auto_reply(
                         "has room again", limits.overall_per_hour)
         return False
     if limits.per_recipient_per_hour or limits.per_ticket_recipient_per_hour:
-        # Both windows for this address in one query.
-        on_ticket = func.coalesce(func.sum(case((col(AutoReplyLog.ticket_id) == ticket_id, 1), else_=0)), 0)
-        to_address, to_ticket = session.exec(
-            select(func.count(), on_ticket).where(
-                AutoReplyLog.recipient == address, AutoReplyLog.sent_at > since
-            )
-        ).one()
+        to_address, to_ticket = session.connection().execute(
+            _SENT_TO, {"address": address, "since": since, "ticket": ticket_id}).one()
         if limits.per_recipient_per_hour and to_address >= limits.per_recipient_per_hour:
             return False
         if (ticket_id is not None and limits.per_ticket_recipient_per_hour
