@@ -70,6 +70,9 @@ class Agent(SQLModel, table=True):
 
 
 class Ticket(SQLModel, table=True):
+    # A requester's tickets, newest first: the agents' notice of a new one names them.
+    __table_args__ = (Index("ix_ticket_requester", "requester", "id"),)
+
     id: int | None = Field(default=None, primary_key=True)
     subject: str = Field(sa_column=Column(Text, nullable=False))
     severity: int = 3

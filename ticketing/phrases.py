@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import bindparam, case, func
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from ticketing.addresses import Address
 from ticketing.models import Ticket
@@ -16,7 +17,18 @@ from ticketing.severity import Severity
 
 _DAY_NAMES = dict(zip(DAYS, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
                              "Saturday", "Sunday"), strict=True))
-_OTHER_TICKETS = 5
+_TICKET = Ticket.__table__  # type: ignore[attr-defined]
+_OTHERS = (_TICKET.c.requester == bindparam("requester")) & (_TICKET.c.id != bindparam("ticket"))
+# The few shown, with the count of all in each row: a frequent requester has many, and
+# only the columns shown are read.
+_OTHER_TICKETS_OF = (
+    sa_select(_TICKET.c.id, _TICKET.c.status, _TICKET.c.severity, _TICKET.c.subject,
+              _TICKET.c.created_at, func.count().over().label("total"))
+    .where(_OTHERS)
+    .order_by(case((_TICKET.c.status.in_(("solved", "closed")), 1), else_=0),
+              _TICKET.c.id.desc())
+    .limit(5)
+)
 
 
 def name_and_address(name: str, address: str) -> str:
@@ -61,18 +73,12 @@ def other_tickets(
 ) -> tuple[list[dict[str, str]], int]:
     """The requester's other tickets for the agents, open ones first, newest first (a
     few), and how many there are in all."""
-    # The columns shown, not whole tickets: a frequent requester has many.
-    rows = session.execute(
-        sa_select(col(Ticket.id), col(Ticket.status), col(Ticket.severity), col(Ticket.subject),
-                  col(Ticket.created_at))
-        .where(col(Ticket.requester) == ticket.requester, col(Ticket.id) != ticket.id)
-        .order_by(col(Ticket.id).desc())
-    ).all()
-    ordered = sorted(rows, key=lambda t: t[1] in ("solved", "closed"))
+    rows = session.connection().execute(
+        _OTHER_TICKETS_OF, {"requester": ticket.requester, "ticket": ticket.id}).all()
     zone = ZoneInfo(hours.timezone)
     shown = [
-        {"tag": f"[#{number}]", "status": status, "severity": Severity(severity).label,
-         "subject": subject, "opened": f"{created_at.astimezone(zone):%Y-%m-%d}"}
-        for number, status, severity, subject, created_at in ordered[:_OTHER_TICKETS]
+        {"tag": f"[#{row.id}]", "status": row.status, "severity": Severity(row.severity).label,
+         "subject": row.subject, "opened": f"{row.created_at.astimezone(zone):%Y-%m-%d}"}
+        for row in rows
     ]
-    return shown, len(ordered)
+    return shown, rows[0].total if rows else 0
