@@ -8,7 +8,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel import Session, select
+from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
+from sqlmodel import Session
 
 from ticketing.addresses import Address, normalize
 from ticketing.conversation import find_ticket, is_ours, is_postmaster
@@ -54,11 +56,24 @@ class Held:
 
 
 @dataclass(frozen=True)
+class SenderAccount:
+    """What deciding on a new request needs of its sender's account."""
+
+    registered: bool
+    bouncing_since: datetime | None
+
+
+_ACCOUNT = Account.__table__  # type: ignore[attr-defined]
+_ACCOUNT_OF = (sa_select(_ACCOUNT.c.registered, _ACCOUNT.c.bouncing_since)
+               .where(_ACCOUNT.c.address == bindparam("address")))
+
+
+@dataclass(frozen=True)
 class NewTicket:
     """A new request; `linked` is the closed ticket it answers after its reopen window."""
 
     sender: Address
-    account: Account | None  # None: the sender has no account yet
+    account: SenderAccount | None  # None: the sender has no account yet
     linked: Ticket | None = None
 
 
@@ -137,13 +152,15 @@ def _new_ticket(
 ) -> NoSender | Held | NewTicket:
     if is_ours(sender.address, settings):
         return NoSender()
-    account = session.exec(select(Account).where(Account.address == sender.address)).first()
+    row = session.connection().execute(_ACCOUNT_OF, {"address": sender.address}).first()
+    account = SenderAccount(bool(row.registered), row.bouncing_since) if row else None
     if not _may_open(session, settings, sender.address, account):
         return Held(sender)
     return NewTicket(sender, account, linked)
 
 
-def _may_open(session: Session, settings: Settings, address: str, account: Account | None) -> bool:
+def _may_open(session: Session, settings: Settings, address: str,
+              account: SenderAccount | None) -> bool:
     support = settings.support
     if support.sender_policy == "open":
         return True

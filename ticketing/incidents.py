@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from ticketing.audit import Actor
@@ -129,16 +130,18 @@ def incidents_of(session: Session, ticket_id: int) -> list[Incident]:
     ).all())
 
 
+_INCIDENT = Incident.__table__  # type: ignore[attr-defined]
+_OPEN_INCIDENTS = (sa_select(_INCIDENT.c.id, _INCIDENT.c.title, _INCIDENT.c.state)
+                   .where(_INCIDENT.c.state != "resolved").order_by(_INCIDENT.c.id.desc()))
+
+
 def open_incident_titles(session: Session) -> list[tuple[int, str, str]]:
     """(number, title, state) of each incident not yet resolved, newest first: read once
     a transaction; opening or updating an incident in it reads them again."""
     state = state_of(session)
     if state.open_incidents is None:
-        with session.no_autoflush:  # mail being stored changes no incident
-            rows = session.exec(
-                select(Incident.id, Incident.title, Incident.state)
-                .where(Incident.state != "resolved").order_by(col(Incident.id).desc())
-            ).all()
+        # Past the session, with no flush first: mail being stored changes no incident.
+        rows = session.connection().execute(_OPEN_INCIDENTS).all()
         state.open_incidents = [(int(n or 0), t, s) for n, t, s in rows]
     return state.open_incidents
 
