@@ -373,7 +373,10 @@ def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
     else it is closed when the pass ends.
 
     Each send's result is recorded in the same short transaction that claims the next
-    mail: one commit a mail, and a mail is held only while it is being sent.
+    mail: one commit a mail, and a mail is held only while it is being sent. Those
+    commits do not wait for the disk: a power cut that loses one (never a mail taken
+    in, whose commits do wait) has the mail sent again once its lease runs out, as
+    when the relay took it and the answer never came.
 
     A send the database could not record (it went away) is kept in `unrecorded`, which
     the caller passes again: those are recorded first once the database is back, so the
@@ -385,14 +388,14 @@ def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
     previous: Attempt | None = None
     try:
         if kept:
-            with transaction(desk.engine) as session:
+            with transaction(desk.engine, durable=False) as session:
                 for attempt in kept:
                     _record_attempt(session, desk, attempt, worker, late=True)
             log.warning("recorded %d send(s) made while the database was away", len(kept))
             kept.clear()
         for _ in range(limit):
             try:
-                with transaction(desk.engine) as session:
+                with transaction(desk.engine, durable=False) as session:
                     if previous is not None:
                         _record_attempt(session, desk, previous, worker)
                     row = _claim(session, desk, worker)
@@ -406,7 +409,7 @@ def send_due(desk: Desk, transport: Transport, worker: str, limit: int = 20,
             sent += previous.sent is not None
         if previous is not None:
             try:
-                with transaction(desk.engine) as session:
+                with transaction(desk.engine, durable=False) as session:
                     _record_attempt(session, desk, previous, worker)
             except StorageError:
                 _keep(kept, previous)

@@ -88,6 +88,7 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+            _record.info["synchronous"] = "FULL"
 
         return engine
     if url.startswith("postgresql://"):
@@ -153,13 +154,19 @@ def _note_written(connection: Any, cursor: Any, statement: str, parameters: Any,
 
 
 @contextmanager
-def transaction(engine: Engine) -> Iterator[Session]:
-    """The only place that commits: everything done in the block lands together or not at all."""
+def transaction(engine: Engine, *, durable: bool = True) -> Iterator[Session]:
+    """The only place that commits: everything done in the block lands together or not at all.
+
+    `durable=False`: the commit does not wait for the disk. It can be lost to a power cut
+    (never half of it), until the next durable commit or checkpoint carries it there
+    (SQLite in WAL mode: synchronous=NORMAL; PostgreSQL: synchronous_commit off, which
+    its WAL writer flushes within a fraction of a second). For bookkeeping that is done
+    again when lost, such as the record that a mail went out: never for mail taken in."""
     written: set[str] = set()
     outer = getattr(_open, "transaction", None)
     _open.transaction = (engine, written)
     try:
-        with _one_writer(engine), _session(engine) as session:
+        with _one_writer(engine), _session(engine, durable) as session:
             yield session
     finally:
         _open.transaction = outer
@@ -172,15 +179,24 @@ def transaction(engine: Engine) -> Iterator[Session]:
 
 
 @contextmanager
-def _session(engine: Engine) -> Iterator[Session]:
+def _session(engine: Engine, durable: bool = True) -> Iterator[Session]:
     session = Session(engine, expire_on_commit=False)
     try:
         if engine.dialect.name == "sqlite":
+            connection = session.connection()
+            # SQLite sets how a commit reaches the disk for the connection, and not
+            # inside a transaction: set before it opens, whenever it is not as wanted.
+            level = "FULL" if durable else "NORMAL"
+            if connection.info.get("synchronous") != level:
+                connection.exec_driver_sql(f"PRAGMA synchronous={level}")
+                connection.info["synchronous"] = level
             # The write lock from the start: SQLite's driver would open the transaction
             # only at the first write, and a transaction that has read before another
             # process wrote cannot write at all (SQLITE_BUSY, no waiting). Opened now,
             # a writer waits its turn, and a SAVEPOINT inside it stays inside it.
-            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif not durable and engine.dialect.name == "postgresql":
+            session.connection().exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         yield session
         session.commit()
     except (OperationalError, DBAPIError) as exc:
