@@ -11,6 +11,8 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
@@ -109,6 +111,23 @@ class GuardedSMTP(SMTP):
         self.storing = False
         # True while the mail itself comes, after our 354.
         self._receiving = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The address of a MAIL or RCPT command and the rest of its line, read by the
+        stdlib's address parser as aiosmtpd reads it ("" for none, None for one that does
+        not parse or whose local part is too long), but without the typing class that
+        aiosmtpd 1.4 builds at each call: a quarter of the listener's own time a mail."""
+        if not arg:
+            return "", ""
+        try:
+            parsed, rest = (get_angle_addr(arg) if arg.lstrip().startswith("<")
+                            else get_addr_spec(arg))
+        except HeaderParseError:
+            return None, None
+        address = str(parsed.addr_spec)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, str(rest)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
