@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, SQLModel
 
 # Times are aware datetimes in UTC; SQLModel stores them so on both backends.
@@ -351,3 +352,10 @@ class StatusSubscriber(SQLModel, table=True):
     confirmed_at: datetime | None = Field(default=None, index=True)
     confirm_hash: str = Field(default="", max_length=64)  # "" once confirmed
     confirm_expires_at: datetime | None = None
+
+
+# Every model is defined: the mappers are set up now, not at the first query of the
+# process, so an object built without a session (Outbox.model_construct, from a row a
+# plain statement returned) can be read in a process that has run no query through the
+# ORM yet.
+configure_mappers()
