@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from select import select as ready_now
+from select import POLLIN, POLLPRI, poll
 from typing import Any, Protocol
 
 from sqlalchemy import Table, bindparam, update
@@ -245,11 +245,14 @@ def _readable(client: smtplib.SMTP) -> bool:
         return True
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return True
+    # poll, not select: select cannot watch a descriptor numbered 1024 or more, which a
+    # serve holding many SMTP connections gives its relay connection.
+    watch = poll()
     try:
-        readable, _, broken = ready_now([sock], [], [sock], 0)
+        watch.register(sock, POLLIN | POLLPRI)
+        return bool(watch.poll(0))  # POLLHUP and POLLERR are reported unasked
     except (OSError, ValueError):
         return True
-    return bool(readable or broken)
 
 
 # RFC 3463: X.1.x is about the address, X.2.x about the mailbox: the reader's own
@@ -441,6 +444,9 @@ def _attempt(transport: Transport, row: Outbox) -> Attempt:
         return Attempt(row, error=str(exc), permanent=True, refused=exc.refused)
     except Exception as exc:  # a transport bug: retry rather than lose the mail
         log.exception("outbox %s: unexpected failure", row.id)
+        # The relay connection may be left in the middle of this mail: the next one
+        # starts on a new connection.
+        transport.close()
         return Attempt(row, error=f"{type(exc).__name__}: {exc}")
 
 
