@@ -50,8 +50,12 @@ def _ephemeral_start() -> int:
 # from a random place in it, so that two runs side by side rarely meet either.
 _BLOCK = 3000
 _LOWEST = 10000
-_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-_FIRST = _LOWEST + (_WORKER % max(1, (_ephemeral_start() - _LOWEST) // _BLOCK)) * _BLOCK
+_BLOCKS = max(1, (_ephemeral_start() - _LOWEST) // _BLOCK)
+# A process that is no pytest worker (a run without workers, a test's own child) takes
+# a block at random.
+_WORKER = (int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw") or 0)
+           if "PYTEST_XDIST_WORKER" in os.environ else int.from_bytes(os.urandom(2), "big"))
+_FIRST = _LOWEST + (_WORKER % _BLOCKS) * _BLOCK
 _next_port = _FIRST + int.from_bytes(os.urandom(2), "big") % _BLOCK
 _port_lock = threading.Lock()
 
