@@ -21,9 +21,13 @@ MOST = 32
 
 
 class CommitQueue:
-    def __init__(self, desk: Desk, executor: Executor, most: int = MOST) -> None:
+    def __init__(self, desk: Desk, executor: Executor, most: int = MOST,
+                 storing: Executor | None = None) -> None:
         self.desk = desk
         self.executor = executor
+        # The batches are stored one at a time, by a thread of their own where the caller
+        # gives one: a batch never waits for a thread behind the mails being parsed.
+        self.storing = storing or executor
         self.most = most
         self._waiting: list[tuple[Prepared, asyncio.Future[Result]]] = []
         self._storing: asyncio.Task[None] | None = None
@@ -56,7 +60,7 @@ class CommitQueue:
                 batch, self._waiting = self._waiting[:self.most], self._waiting[self.most:]
                 try:
                     results = await loop.run_in_executor(
-                        self.executor, store_together, self.desk, [p for p, _ in batch])
+                        self.storing, store_together, self.desk, [p for p, _ in batch])
                 except Exception as exc:  # store_together answers for every mail itself
                     results = [exc] * len(batch)
                 for (_, future), result in zip(batch, results, strict=True):

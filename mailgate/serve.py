@@ -139,8 +139,10 @@ async def serve(
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
             pass
     # SQLite takes one writer at a time; a few threads keep the listener answering while
-    # one waits on the disk.
+    # one waits on the disk. The SMTP listener's batches are stored by a thread of their
+    # own, never queued behind the mails being parsed or the web's requests.
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest")
+    storing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storing")
     settings = desk.settings
     removed = clean_temporary(settings.storage_path / "blobs", desk.clock.now() - STALE_WRITE)
     if removed:
@@ -169,7 +171,7 @@ async def serve(
             raise CannotListen("web", settings.web.host, settings.web.port, exc) from exc
     try:
         server = await loop.create_server(
-            smtp_factory(desk, executor), host=settings.smtp.host, port=settings.smtp.port
+            smtp_factory(desk, executor, storing), host=settings.smtp.host, port=settings.smtp.port
         )
     except OSError as exc:
         for sock in (web_socket, monitoring_socket):
@@ -216,6 +218,7 @@ async def serve(
         if web_task is not None:
             await web_task  # its requests in hand may still be ingesting
         executor.shutdown(wait=True)
+        storing.shutdown(wait=True)
         for task in tasks:
             try:
                 await asyncio.wait_for(task, timeout=10)

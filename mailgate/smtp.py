@@ -32,10 +32,10 @@ ALL_CLIENTS = "*"  # the key counting every connection (no client address is "*"
 class SupportHandler:
     """aiosmtpd handler: only our support addresses, and 250 only once the mail is stored."""
 
-    def __init__(self, desk: Desk, executor: Executor) -> None:
+    def __init__(self, desk: Desk, executor: Executor, storing: Executor | None = None) -> None:
         self.desk = desk
         self.executor = executor
-        self.commits = CommitQueue(desk, executor)
+        self.commits = CommitQueue(desk, executor, storing=storing)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -293,9 +293,10 @@ class GuardedSMTP(SMTP):
         super().connection_lost(error)
 
 
-def smtp_factory(desk: Desk, executor: Executor) -> Callable[[], SMTP]:
+def smtp_factory(desk: Desk, executor: Executor,
+                 storing: Executor | None = None) -> Callable[[], SMTP]:
     settings = desk.settings.smtp
-    handler = SupportHandler(desk, executor)
+    handler = SupportHandler(desk, executor, storing)
     per_client: Counter[str] = Counter()
     tls_context = None
     if settings.tls_cert and settings.tls_key:
