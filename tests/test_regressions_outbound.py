@@ -334,3 +334,14 @@ def test_each_commit_that_queues_mail_or_changes_it_is_told_and_a_pass_with_noth
         stop()
         _requests(desk, ["carol@customer.test"])
         assert told == [frozenset({"outbox"})]
+
+
+@pytest.mark.parametrize("lease", [0, 1])
+def test_an_outbound_lease_under_two_seconds_is_refused(lease: int) -> None:
+    from ticketing.settings import ConfigError, settings_from_mapping
+
+    # With no lease a claimed mail is free again at once, and a second worker sends it too.
+    with pytest.raises(ConfigError, match=r"outbound\.lease: at least 2 seconds"):
+        settings_from_mapping({"outbound": {"lease": lease}})
+    assert settings_from_mapping({"outbound": {"lease": 2}}).outbound.lease == 2
+    assert settings_from_mapping({}).outbound.lease == 300

@@ -131,6 +131,7 @@ class CommandHook:
 
 
 PAGE_LEASE_MIN = 2  # seconds: the shortest page lease (oncall.lease)
+OUTBOX_LEASE_MIN = 2  # seconds: the shortest hold on a mail being sent (outbound.lease)
 
 
 @dataclass(frozen=True)
@@ -395,6 +396,11 @@ def settings_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> 
         host, _, port = outbound.relay.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"outbound.relay: expected host:port, got {outbound.relay!r}")
+    if outbound.lease < OUTBOX_LEASE_MIN:
+        # A mail is held only this long while it is sent: with less, a second worker would
+        # take a mail the first is still handing to the relay, and it would go out twice.
+        raise ConfigError(
+            f"outbound.lease: at least {OUTBOX_LEASE_MIN} seconds, got {outbound.lease}")
 
     database = data.get("database", {})
     if database:
