@@ -62,7 +62,7 @@ def store_together(desk: Desk, mails: Sequence[Prepared]) -> list[Result]:
     results: list[Result] = []
     for number, prepared in enumerate(mails):
         if number in outcomes:
-            stored(desk, prepared, outcomes[number])
+            stored(prepared, outcomes[number])
             results.append(outcomes[number])
         else:
             results.append(_alone(desk, prepared))

@@ -119,12 +119,11 @@ def record(session: Session, desk: Desk, prepared: Prepared) -> Outcome:
     return replace(outcome, pages=oncall.queued(session) - queued)
 
 
-def stored(desk: Desk, prepared: Prepared, outcome: Outcome) -> None:
-    """Once the mail's transaction has committed: say so, and wake the workers."""
+def stored(prepared: Prepared, outcome: Outcome) -> None:
+    """Once the mail's transaction has committed: say so. (serve's workers hear of the
+    mail and pages it queued from the commit itself: ticketing.db.on_commit.)"""
     log.info("<%s> %s via %s: %s%s", prepared.label, outcome.status, prepared.inbound.route,
              f"#{outcome.ticket} " if outcome.ticket else "", outcome.detail)
-    if outcome.status is not Status.DUPLICATE:
-        desk.committed(outcome.pages > 0)
 
 
 def ingest(desk: Desk, inbound: Inbound) -> Outcome:
@@ -170,7 +169,7 @@ def store(desk: Desk, prepared: Prepared) -> Outcome:
             return _failed_try(desk, inbound, raw_sha256, label, exc)
         except Exception as exc:
             return quarantine(desk, inbound, exc)
-    stored(desk, prepared, outcome)
+    stored(prepared, outcome)
     return outcome
 
 
