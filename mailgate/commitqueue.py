@@ -21,13 +21,13 @@ MOST = 32
 
 
 class CommitQueue:
-    def __init__(self, desk: Desk, executor: Executor, most: int = MOST,
-                 storing: Executor | None = None) -> None:
+    def __init__(self, desk: Desk, executor: Executor, storing: Executor,
+                 most: int = MOST) -> None:
         self.desk = desk
         self.executor = executor
-        # The batches are stored one at a time, by a thread of their own where the caller
-        # gives one: a batch never waits for a thread behind the mails being parsed.
-        self.storing = storing or executor
+        # The batches are stored one at a time, by a thread of their own: a batch never
+        # waits for a thread behind the mails being parsed.
+        self.storing = storing
         self.most = most
         self._waiting: list[tuple[Prepared, asyncio.Future[Result]]] = []
         self._storing: asyncio.Task[None] | None = None

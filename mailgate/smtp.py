@@ -32,10 +32,10 @@ ALL_CLIENTS = "*"  # the key counting every connection (no client address is "*"
 class SupportHandler:
     """aiosmtpd handler: only our support addresses, and 250 only once the mail is stored."""
 
-    def __init__(self, desk: Desk, executor: Executor, storing: Executor | None = None) -> None:
+    def __init__(self, desk: Desk, executor: Executor, storing: Executor) -> None:
         self.desk = desk
         self.executor = executor
-        self.commits = CommitQueue(desk, executor, storing=storing)
+        self.commits = CommitQueue(desk, executor, storing)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -293,8 +293,7 @@ class GuardedSMTP(SMTP):
         super().connection_lost(error)
 
 
-def smtp_factory(desk: Desk, executor: Executor,
-                 storing: Executor | None = None) -> Callable[[], SMTP]:
+def smtp_factory(desk: Desk, executor: Executor, storing: Executor) -> Callable[[], SMTP]:
     settings = desk.settings.smtp
     handler = SupportHandler(desk, executor, storing)
     per_client: Counter[str] = Counter()
