@@ -163,7 +163,7 @@ class RelayTransport:
 
     def send(self, row: Outbox) -> Sent:
         try:
-            raw = row.raw if row.files in ("", "[]") else b"".join(message(row, self.blobs))
+            raw = b"".join(message(row, self.blobs))
         except OSError as exc:  # a file it names cannot be read here now
             raise TemporaryFailure(f"attached file: {exc}") from exc
         if self._client is not None:
