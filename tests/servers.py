@@ -50,12 +50,12 @@ def _ephemeral_start() -> int:
 # from a random place in it, so that two runs side by side rarely meet either.
 _BLOCK = 3000
 _LOWEST = 10000
-_BLOCKS = max(1, (_ephemeral_start() - _LOWEST) // _BLOCK)
+_BLOCKS = (_ephemeral_start() - _LOWEST) // _BLOCK  # 0: no room below the range
 # A process that is no pytest worker (a run without workers, a test's own child) takes
 # a block at random.
 _WORKER = (int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw") or 0)
            if "PYTEST_XDIST_WORKER" in os.environ else int.from_bytes(os.urandom(2), "big"))
-_FIRST = _LOWEST + (_WORKER % _BLOCKS) * _BLOCK
+_FIRST = _LOWEST + (_WORKER % max(1, _BLOCKS)) * _BLOCK
 _next_port = _FIRST + int.from_bytes(os.urandom(2), "big") % _BLOCK
 _port_lock = threading.Lock()
 
@@ -63,7 +63,7 @@ _port_lock = threading.Lock()
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on now, for a server the test starts."""
     global _next_port
-    if _ephemeral_start() - _LOWEST < _BLOCK:  # no room below the range: ask the kernel
+    if not _BLOCKS:  # no room below the kernel's range: ask the kernel
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])

@@ -68,22 +68,16 @@ def config(tmp_path: Path, database_url: str) -> Path:
 
 def test_bad_config_is_refused_naming_the_key(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text('[smtp]\nport = "twenty-five"\n')
-    result = run(path, "serve")
-    assert result.returncode == 78
-    assert b"smtp.port" in result.stderr
-    path.write_text('[support]\nadress = "x@y.z"\n')
-    result = run(path, "serve")
-    assert result.returncode == 78
-    assert b"support.adress: unknown key" in result.stderr
-    path.write_text('[database]\nretry = 0\n')
-    result = run(path, "serve")
-    assert result.returncode == 78
-    assert b"database.retry: expected seconds above 0" in result.stderr
-    path.write_text('database = "postgresql://db.example/mailgate"\n')
-    result = run(path, "serve")
-    assert result.returncode == 78
-    assert b"database: expected a table" in result.stderr
+    for config, said in [
+        ('[smtp]\nport = "twenty-five"\n', b"smtp.port"),
+        ('[support]\nadress = "x@y.z"\n', b"support.adress: unknown key"),
+        ('[database]\nretry = 0\n', b"database.retry: expected seconds above 0"),
+        ('database = "postgresql://db.example/mailgate"\n', b"database: expected a table"),
+    ]:
+        path.write_text(config)
+        result = run(path, "serve")
+        assert result.returncode == 78, config
+        assert said in result.stderr, config
 
 
 def test_serve_refuses_a_database_without_schema(tmp_path: Path) -> None:
