@@ -159,6 +159,7 @@ def main() -> None:
         floor_port, serve_port, relay_port = free_port(), free_port(), free_port()
         relay = start_relay_sink(relay_port)
         processes = [relay]
+        profiler: subprocess.Popen[bytes] | None = None
         try:
             floor = subprocess.Popen(
                 [PYTHON, str(ROOT / "bench" / "floor_server.py"), str(floor_port),
@@ -186,15 +187,20 @@ def main() -> None:
             subprocess.run([PYTHON, "-m", "mailgate.cli", "--config", str(config), "init"],
                            check=True, env=env, capture_output=True)
             log = open(workdir / "serve.log", "wb")
-            command = [PYTHON, "-m", "mailgate.cli", "--config", str(config), "serve"]
-            if args.profile:
-                command = ["py-spy", "record", "--format", "raw", "-r", "250", "-o",
-                           args.profile, "--", *command]
             serve = subprocess.Popen(
-                command,
+                [PYTHON, "-m", "mailgate.cli", "--config", str(config), "serve"],
                 stdout=subprocess.PIPE, stderr=log, env=env)
             processes.append(serve)
             wait_listening(serve)
+            if args.profile:
+                # Attached to serve, not its parent: serve is the process stopped at the
+                # end (py-spy then writes its file) and the one whose CPU is counted.
+                # Without pausing serve at each sample; a thread waiting for the GIL
+                # shows where it waits.
+                profiler = subprocess.Popen(
+                    ["py-spy", "record", "--pid", str(serve.pid), "--nonblocking",
+                     "--format", "raw", "-r", "250", "-o", args.profile],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             from sqlalchemy import text
 
             from ticketing.db import make_engine
@@ -236,6 +242,8 @@ def main() -> None:
             for process in processes:
                 process.terminate()
                 process.wait(10)
+            if profiler is not None:  # it writes its file once serve has stopped
+                profiler.wait(60)
 
 
 if __name__ == "__main__":
