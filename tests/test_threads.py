@@ -278,3 +278,43 @@ def test_replies_as_real_clients_build_them_land_in_the_ticket(desk: Desk, relay
     assert shown["subject"] == "Invoices missing"  # a changed subject does not rename it
     assert [m["kind"] for m in shown["messages"]] == ["request", "reply", "reply", "reply"]
     assert shown["messages"][3]["attachments"]  # the enclosed mail came along
+
+
+def test_a_long_request_comes_back_in_part_and_the_agents_get_it_whole(
+        desk: Desk, relay: Relay) -> None:
+    log = "".join(f"line {n:05d} of the export log: worker 7 timed out\n" for n in range(1, 5001))
+    with serving(desk) as port:
+        send(port, request("[S2] Exports fail", "Every export fails. The log:\n\n" + log,
+                           sender=f"Carol <{CAROL}>"))
+        first = relay.wait_for(3)
+        confirmation = next(m for m in first if m.rcpt_tos == (CAROL,))
+        notice = next(m for m in first if m.rcpt_tos == (ALICE,))
+
+        # The customer has what they sent: the confirmation quotes its start, and says so.
+        text = confirmation.text()
+        assert "> Every export fails. The log:" in text
+        assert "line 00050 of the export log" in text
+        assert "line 05000" not in text
+        assert "more lines, kept with the ticket]" in text
+        html = confirmation.message.get_body(("html",))
+        assert html is not None
+        assert "line 00050" in html.get_content() and "line 05000" not in html.get_content()
+        assert len(confirmation.raw) < 40_000 < len(log)
+        # The agents work from the whole request.
+        assert "line 05000 of the export log" in notice.text()
+
+        # Every mail after it quotes it in part too, however many follow.
+        step = len(relay.received)
+        send(port, reply_to(notice, f"Alice Agent <{ALICE}>", "Which export, please?"),
+             sender=ALICE, recipients=envelope_to(notice))
+        relay.settle()
+        answer = next(m for m in relay.received[step:] if m.rcpt_tos == (CAROL,))
+        assert "Which export, please?" in answer.text()
+        assert "line 00001 of the export log" in answer.text()
+        assert "line 05000" not in answer.text()
+        assert len(answer.raw) < 40_000
+    with transaction(desk.engine) as session:
+        ticket = session.exec(select(Ticket)).one()
+        shown = show_ticket(session, ticket.id)
+    assert shown is not None
+    assert "line 05000 of the export log" in shown["messages"][0]["text"]

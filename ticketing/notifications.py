@@ -208,7 +208,7 @@ def confirm_new_ticket(
         "next_opening": next_opening,
         "business_hours": business_hours(desk.settings.hours),
         "response_target": response_target(desk.settings, severity),
-        "request": request.text,
+        "request": excerpt(request.text),
         "quoted": _quoted(request.text),
         "levels": [{"label": level.label, "word": level.word, "meaning": level.meaning}
                    for level in Severity if level < severity],
@@ -318,15 +318,40 @@ def _history(session: Session, ticket: Ticket, before: Message, notes: bool) -> 
             "date": m.created_at.strftime("%a, %d %b %Y %H:%M UTC"),
             "author": m.from_name or m.from_address,
             "note": m.kind == "note",
-            "text": m.text,
+            "text": excerpt(m.text),
             "quoted": _quoted(m.text),
         }
         for m in rows
     ]
 
 
+# What a mail quotes of an earlier one: its reader wrote it or has it, and the ticket keeps
+# it whole. A request of megabytes must not come back as megabytes in every mail after it.
+QUOTE_LINES = 60
+QUOTE_CHARACTERS = 6000
+
+
+def excerpt(text: str) -> str:
+    """The text's first QUOTE_LINES lines (and no more than QUOTE_CHARACTERS characters),
+    with a last line saying how many lines were left out."""
+    lines = text.splitlines()
+    kept: list[str] = []
+    size = 0
+    for line in lines[:QUOTE_LINES]:
+        if size + len(line) > QUOTE_CHARACTERS:
+            if not kept:  # one giant line: its start, cut at the limit
+                kept.append(line[:QUOTE_CHARACTERS] + " [...]")
+            break
+        kept.append(line)
+        size += len(line) + 1
+    left = len(lines) - len(kept)
+    if left:
+        kept.append(f"[... {left:,} more line{'s' if left != 1 else ''}, kept with the ticket]")
+    return "\n".join(kept)
+
+
 def _quoted(text: str) -> str:
-    return "\n".join("> " + line if line else ">" for line in text.splitlines())
+    return "\n".join("> " + line if line else ">" for line in excerpt(text).splitlines())
 
 
 def fan_out(
