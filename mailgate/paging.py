@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from sqlalchemy import Engine, exists, or_, update
+from sqlalchemy import Engine, case, exists, or_, update
 from sqlmodel import Session, col, select
 
 from mailgate.backoff import backoff
@@ -299,19 +299,33 @@ def retry_page(
     gets at least this one more attempt. The retry is on the ticket's audit trail, by `by`.
     """
     by = by or Actor(SYSTEM, route="system")
+    give_up_at = now + window if window is not None else case(
+        (col(Page.give_up_at) < now, now), else_=col(Page.give_up_at))
     with transaction(engine) as session:
-        page = session.get(Page, page_id)
-        if page is None or page.status not in ("pending", "gave_up"):
+        # One conditional UPDATE: a page a worker holds right now is left to it, or a
+        # second worker would page the engineer again while the first is at it.
+        retried = session.execute(
+            update(Page)
+            .where(col(Page.id) == page_id, col(Page.status).in_(("pending", "gave_up")),
+                   PAGES.free(now))
+            .values(status="pending", next_attempt_at=now, give_up_at=give_up_at,
+                    **PAGES.let_go())
+            .returning(col(Page.ticket_id), col(Page.action), col(Page.hook),
+                       col(Page.attempts))
+        ).first()
+        if retried is None:
+            held = session.exec(select(Page.claimed_by).where(
+                col(Page.id) == page_id, col(Page.status) == "pending",
+                col(Page.claimed_until) > now)).first()
+            if held is not None:
+                log.warning("page %d is being delivered by %s now; left to it", page_id, held)
             return 0
-        record(session, page.ticket_id, "page", new=f"{page.action} retry ({page.hook})",
-               detail=f"page {page.id} due again after {page.attempts} attempt(s)",
+        ticket_id, action, hook, attempts = retried
+        record(session, ticket_id, "page", new=f"{action} retry ({hook})",
+               detail=f"page {page_id} due again after {attempts} attempt(s)",
                actor=by.address, actor_name=by.name, route=by.route, now=now)
-        page.status, page.next_attempt_at = "pending", now
-        PAGES.let_go_of(page)
-        page.give_up_at = now + window if window is not None else max(page.give_up_at, now)
-        session.add(page)
-        log.info("[#%d] page %d (%s %s) due again, by %s via %s", page.ticket_id, page.id,
-                 page.hook, page.action, by.address, by.route)
+        log.info("[#%d] page %d (%s %s) due again, by %s via %s", ticket_id, page_id,
+                 hook, action, by.address, by.route)
         return 1
 
 

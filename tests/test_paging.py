@@ -396,6 +396,29 @@ def test_an_operator_retry_gives_a_given_up_page_another_go(
     assert retry_page(engine, page.id, clock.now()) == 0  # delivered: nothing to retry
 
 
+def test_an_operator_retry_leaves_a_page_a_worker_is_delivering(
+    engine: Engine, database_url: str, tmp_path: Path, clock: FixedClock, server: HookServer
+) -> None:
+    settings = paging_settings(tmp_path, database_url, server, ("webhook",))
+    [page] = page_for(engine, open_ticket(engine, clock.now()), settings, clock.now())
+    assert page.id is not None
+    retried: list[int] = []
+    second: list[int] = []
+
+    def meanwhile() -> None:
+        # While w1 waits for the hook's answer, the operator retries the page and a
+        # second worker makes a pass: the on-call engineer must not be paged twice.
+        retried.append(retry_page(engine, page.id, clock.now()))
+        second.append(send_due_pages(engine, settings, clock, "w2"))
+
+    server.on_request = meanwhile
+    assert send_due_pages(engine, settings, clock, "w1") == 1
+    assert (retried, second) == ([0], [0])
+    assert len(server.received) == 1
+    [stored] = pages(engine)
+    assert (stored.status, stored.attempts, stored.claimed_by) == ("delivered", 1, "w1")
+
+
 def test_a_second_worker_does_not_take_a_page_being_delivered(
     engine: Engine, database_url: str, tmp_path: Path, clock: FixedClock, server: HookServer
 ) -> None:
