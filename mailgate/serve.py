@@ -23,6 +23,7 @@ from ticketing.db import StorageError, on_commit
 from ticketing.desk import Desk
 from ticketing.ingest import ingest
 from ticketing.leases import this_process
+from ticketing.ratelimit import KEPT, prune_auto_replies
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,27 @@ async def _outbound_pass(desk: Desk, transport: Transport, worker: str,
     except Exception:
         log.exception("outbound worker: delivery pass failed; trying again shortly")
         return 0
+
+
+# How often serve deletes what no rule reads any more.
+HOUSEKEEPING_EVERY = 3600.0
+
+
+async def housekeeping(desk: Desk, stop: asyncio.Event) -> None:
+    """At start and every HOUSEKEEPING_EVERY seconds: delete the automatic-mail counts no
+    rate limit reads any more (each serve does; the deletes are the same)."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        try:
+            removed = await loop.run_in_executor(
+                None, prune_auto_replies, desk.engine, desk.clock.now())
+            if removed:
+                log.info("deleted %d automatic-mail count(s) older than %s", removed, KEPT)
+        except StorageError as exc:
+            log.warning("housekeeping: the database is unavailable (%s); next time", exc)
+        except Exception:
+            log.exception("housekeeping: a pass failed")
+        await first_of(stop, timeout=HOUSEKEEPING_EVERY)
 
 
 class AcceptFaults:
@@ -194,6 +216,7 @@ async def serve(
             asyncio.create_task(
                 run_paging(desk.engine, settings, desk.clock, stop, wake_pages), name="paging"
             ),
+            asyncio.create_task(housekeeping(desk, stop), name="housekeeping"),
         ]
         web_task = None
         if web_socket is not None:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 from sqlmodel import Session, select
 
+from tests.harness import serving
+from tests.servers import free_port
 from ticketing.clock import FixedClock
 from ticketing.db import transaction
+from ticketing.desk import Desk
 from ticketing.models import Account, AutoReplyLog
-from ticketing.ratelimit import clear_bouncing, mark_bouncing, may_auto_reply, record_auto_reply
+from ticketing.ratelimit import (
+    clear_bouncing,
+    mark_bouncing,
+    may_auto_reply,
+    prune_auto_replies,
+    record_auto_reply,
+)
 from ticketing.settings import LimitSettings
 
 ANN = "ann@customer.example"
@@ -126,3 +137,44 @@ def test_the_helpers_never_commit(engine: Engine, clock: FixedClock) -> None:
     with Session(engine) as session:
         assert session.exec(select(AutoReplyLog)).all() == []
         assert session.exec(select(Account)).all() == []
+
+
+def _counted(engine: Engine) -> list[tuple[str, datetime]]:
+    with transaction(engine) as session:
+        rows = session.exec(select(AutoReplyLog).order_by(AutoReplyLog.id)).all()
+        return [(r.recipient, r.sent_at) for r in rows]
+
+
+def test_serve_deletes_counts_no_window_reads_and_the_limits_still_hold(
+    desks: Callable[..., Desk], clock: FixedClock
+) -> None:
+    desk = desks(clock=clock, smtp={"port": free_port()})
+    now = clock.now()
+    with transaction(desk.engine) as session:
+        for hours in (720, 48, 25):  # more than a day old: gone
+            record_auto_reply(session, ANN, 1, "confirmation", now - timedelta(hours=hours))
+        record_auto_reply(session, ANN, 1, "confirmation", now - timedelta(hours=23))
+        for minutes in (40, 10):
+            record_auto_reply(session, ANN, 2, "confirmation", now - timedelta(minutes=minutes))
+    with serving(desk):
+        deadline = time.monotonic() + 10
+        while len(_counted(desk.engine)) > 3:
+            assert time.monotonic() < deadline, "the old counts are still there"
+            time.sleep(0.02)
+    assert [at for _, at in _counted(desk.engine)] == [
+        now - timedelta(hours=23), now - timedelta(minutes=40), now - timedelta(minutes=10)]
+    limits = LimitSettings(per_recipient_per_hour=2, per_ticket_recipient_per_hour=0)
+    with transaction(desk.engine) as session:
+        assert not may_auto_reply(session, limits, ANN, 3, now)
+
+
+def test_pruning_deletes_many_counts_a_batch_at_a_time(engine: Engine, clock: FixedClock) -> None:
+    old = clock.now() - timedelta(days=3)
+    with transaction(engine) as session:
+        session.connection().execute(insert(AutoReplyLog), [
+            {"recipient": f"c{n}@customer.example", "ticket_id": n, "kind": "confirmation",
+             "sent_at": old} for n in range(12_000)])
+        record_auto_reply(session, ANN, 1, "confirmation", clock.now())
+    assert prune_auto_replies(engine, clock.now()) == 12_000
+    assert [r for r, _ in _counted(engine)] == [ANN]
+    assert prune_auto_replies(engine, clock.now()) == 0

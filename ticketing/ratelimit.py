@@ -6,12 +6,13 @@ import logging
 from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, case, func, insert
+from sqlalchemy import Engine, bindparam, case, delete, func, insert
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from ticketing.addresses import is_machine_address, normalize
+from ticketing.db import transaction
 from ticketing.mailkind import MailKind
 from ticketing.models import Account, AutoReplyLog
 from ticketing.settings import LimitSettings
@@ -37,6 +38,12 @@ _SENT_TO = (sa_select(func.count(),
                       func.coalesce(func.sum(case((_LOG.c.ticket_id == bindparam("ticket"), 1),
                                                   else_=0)), 0))
             .where(_LOG.c.recipient == bindparam("address"), _LOG.c.sent_at > bindparam("since")))
+# A counted mail older than every window counts for nothing: kept a day, then deleted,
+# so many at a time that storing mail never waits long behind the delete.
+KEPT = timedelta(days=1)
+_PRUNED_AT_ONCE = 5000
+_PRUNE = delete(_LOG).where(_LOG.c.id.in_(
+    sa_select(_LOG.c.id).where(_LOG.c.sent_at < bindparam("before")).limit(_PRUNED_AT_ONCE)))
 _BOUNCING_AMONG = (sa_select(_ACCOUNT.c.address)
                    .where(_ACCOUNT.c.address.in_(bindparam("addresses", expanding=True)),
                           _ACCOUNT.c.bouncing_since.is_not(None)))
@@ -161,3 +168,14 @@ def clear_bouncing(session: Session, address: str) -> bool:
     session.flush()
     state_of(session).bouncing[account.address] = False
     return True
+
+
+def prune_auto_replies(engine: Engine, now: datetime) -> int:
+    """Delete the counted mails older than KEPT; returns how many."""
+    removed = 0
+    while True:
+        with transaction(engine, durable=False) as session:
+            count = session.connection().execute(_PRUNE, {"before": now - KEPT}).rowcount
+        removed += count
+        if count < _PRUNED_AT_ONCE:
+            return removed
