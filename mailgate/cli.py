@@ -370,12 +370,16 @@ def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_pages(settings: Settings, args: argparse.Namespace) -> int:
-    from mailgate.paging import list_pages, retry_page
+    from mailgate.paging import PageBusy, list_pages, retry_page
     from ticketing.db import transaction
 
     desk = _desk(settings)
     if args.action == "retry":
-        count = retry_page(desk.engine, args.id, desk.clock.now(), by=_operator())
+        try:
+            count = retry_page(desk.engine, args.id, desk.clock.now(), by=_operator())
+        except PageBusy as exc:
+            print(f"mailgate: {exc}", file=sys.stderr)
+            return 1
         print(f"mailgate: {count} page(s) due now")
         return 0
     with transaction(desk.engine) as session:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from sqlalchemy import Engine, case, exists, or_, update
+from sqlalchemy import Engine, case, exists, literal, or_, update
 from sqlmodel import Session, col, select
 
 from mailgate.backoff import backoff
@@ -289,18 +289,33 @@ async def run_paging(
         await first_of(stop, wake, timeout=interval)
 
 
+_TIME = Page.__table__.c.give_up_at.type  # type: ignore[attr-defined]
+
+
+class PageBusy(Exception):
+    """The page is being delivered right now: its worker's answer decides what comes next."""
+
+    def __init__(self, page_id: int, holder: str) -> None:
+        super().__init__(f"page {page_id} is being delivered by {holder} now; its answer "
+                         "decides what comes next (retry it after that if it is needed)")
+        self.holder = holder
+
+
 def retry_page(
     engine: Engine, page_id: int, now: datetime, window: timedelta | None = None,
     by: Actor | None = None,
 ) -> int:
     """Operator: make a waiting or given-up page due now; returns 1, or 0 when there is none.
+    Raises PageBusy for a page a worker is delivering: it is left to that worker.
 
     With a window the page gets that long again before it gives up; without one it
     gets at least this one more attempt. The retry is on the ticket's audit trail, by `by`.
     """
     by = by or Actor(SYSTEM, route="system")
-    give_up_at = now + window if window is not None else case(
-        (col(Page.give_up_at) < now, now), else_=col(Page.give_up_at))
+    # Typed as the column, so it is stored as the column stores every time (UTC).
+    at = literal(now, _TIME)
+    give_up_at = literal(now + window, _TIME) if window is not None else case(
+        (col(Page.give_up_at) < at, at), else_=col(Page.give_up_at))
     with transaction(engine) as session:
         # One conditional UPDATE: a page a worker holds right now is left to it, or a
         # second worker would page the engineer again while the first is at it.
@@ -318,7 +333,7 @@ def retry_page(
                 col(Page.id) == page_id, col(Page.status) == "pending",
                 col(Page.claimed_until) > now)).first()
             if held is not None:
-                log.warning("page %d is being delivered by %s now; left to it", page_id, held)
+                raise PageBusy(page_id, held)
             return 0
         ticket_id, action, hook, attempts = retried
         record(session, ticket_id, "page", new=f"{action} retry ({hook})",

@@ -283,6 +283,13 @@ def test_an_operator_retries_a_page_the_hook_refused(
             olive.click("header >> text=Pages")
             row = olive.locator("table.pages tr", has_text="#1")
             assert "pending" in row.inner_text() and "failed" in row.inner_text()
+            # A worker (another serve) is delivering it right now: it is left to it.
+            _hold_page(desk, 1, "machine-b", until=sunday_2am + timedelta(seconds=30))
+            row.locator("button:has-text('Retry')").click()
+            assert "Page 1 is being delivered by machine-b now" in olive.inner_text(".error")
+            assert pager.calls == 1
+            _hold_page(desk, 1, "machine-b", until=None)  # its answer came: a failure
+            row = olive.locator("table.pages tr", has_text="#1")
             row.locator("button:has-text('Retry')").click()
             assert "Page 1 is due now." in olive.inner_text(".done")
             assert pager.wait_for(1)[0]["ticket"]["severity"] == "S0"  # type: ignore[index]
@@ -293,6 +300,13 @@ def test_an_operator_retries_a_page_the_hook_refused(
             olive.goto(url + "/desk/tickets/1")
             history = olive.inner_text(".audit")
             assert "trigger retry (webhook)" in history and "Olive Operator" in history
+
+
+def _hold_page(desk: Desk, number: int, worker: str, until: datetime | None) -> None:
+    with transaction(desk.engine) as session:
+        page = session.get_one(Page, number)
+        page.claimed_by, page.claimed_until = worker, until
+        session.add(page)
 
 
 def test_a_retry_from_the_cli_is_on_the_tickets_history_as_well(

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mailgate.outbound import retry_now
-from mailgate.paging import list_pages, retry_page
+from mailgate.paging import PageBusy, list_pages, retry_page
 from mailgate.web.helpdesk import EXPIRED
 from mailgate.web.pages import (
     Endpoint,
@@ -208,6 +208,8 @@ async def retry_one_page(request: Request) -> Response:
                                 actor_of(request))
     except StorageError:
         return await _pages_page(request, 503, UNAVAILABLE)
+    except PageBusy as exc:
+        return await _pages_page(request, 409, str(exc).capitalize() + ".")
     if not count:
         return await _pages_page(request, 404, f"Page {number} is not waiting or given up "
                                  "(delivered already, or not there).")
