@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import logging
 import signal
@@ -36,11 +35,14 @@ STALE_WRITE = timedelta(hours=1)
 def name_os_thread() -> None:
     """Give the calling thread its Python name in the system too (its first 15 bytes), so
     that `top -H`, `ps -L` and /proc/PID/task show which part of serve uses the CPU."""
+    # Only a name: whatever fails here must not fail the pool whose threads it names.
     try:
+        import ctypes
+
         libc = ctypes.CDLL(None)
         libc.prctl(_PR_SET_NAME, threading.current_thread().name.encode()[:15], 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the names stay Python's own
-        pass
+    except Exception as exc:  # not Linux: the names stay Python's own
+        log.debug("threads keep their names inside Python only: %s", exc)
 
 
 _PR_SET_NAME = 15
@@ -105,11 +107,21 @@ HOUSEKEEPING_EVERY = 3600.0
 async def housekeeping(desk: Desk, stop: asyncio.Event) -> None:
     """At start and every HOUSEKEEPING_EVERY seconds: delete the automatic-mail counts no
     rate limit reads any more (each serve does; the deletes are the same)."""
+    stopping = threading.Event()  # a pass under way ends between two of its batches
+    stop_told = asyncio.ensure_future(stop.wait())
+    stop_told.add_done_callback(lambda _: stopping.set())
+    try:
+        await _housekeeping(desk, stop, stopping)
+    finally:
+        stop_told.cancel()
+
+
+async def _housekeeping(desk: Desk, stop: asyncio.Event, stopping: threading.Event) -> None:
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         try:
             removed = await loop.run_in_executor(
-                None, prune_auto_replies, desk.engine, desk.clock.now())
+                None, prune_auto_replies, desk.engine, desk.clock.now(), stopping)
             if removed:
                 log.info("deleted %d automatic-mail count(s) older than %s", removed, KEPT)
         except StorageError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 
@@ -38,10 +40,12 @@ _SENT_TO = (sa_select(func.count(),
                       func.coalesce(func.sum(case((_LOG.c.ticket_id == bindparam("ticket"), 1),
                                                   else_=0)), 0))
             .where(_LOG.c.recipient == bindparam("address"), _LOG.c.sent_at > bindparam("since")))
-# A counted mail older than every window counts for nothing: kept a day, then deleted,
-# so many at a time that storing mail never waits long behind the delete.
+# A counted mail older than every window counts for nothing: kept a day, then deleted a
+# thousand at a time, each batch a short transaction of its own with a pause after it,
+# so that storing mail (this process's and others') takes its turn between them.
 KEPT = timedelta(days=1)
-_PRUNED_AT_ONCE = 5000
+_PRUNED_AT_ONCE = 1000
+_PAUSE = 0.05
 _PRUNE = delete(_LOG).where(_LOG.c.id.in_(
     sa_select(_LOG.c.id).where(_LOG.c.sent_at < bindparam("before")).limit(_PRUNED_AT_ONCE)))
 _BOUNCING_AMONG = (sa_select(_ACCOUNT.c.address)
@@ -170,12 +174,15 @@ def clear_bouncing(session: Session, address: str) -> bool:
     return True
 
 
-def prune_auto_replies(engine: Engine, now: datetime) -> int:
-    """Delete the counted mails older than KEPT; returns how many."""
+def prune_auto_replies(engine: Engine, now: datetime, stop: threading.Event | None = None) -> int:
+    """Delete the counted mails older than KEPT; returns how many. Ends early, between
+    two batches, once `stop` is set."""
     removed = 0
     while True:
         with transaction(engine, durable=False) as session:
             count = session.connection().execute(_PRUNE, {"before": now - KEPT}).rowcount
         removed += count
-        if count < _PRUNED_AT_ONCE:
+        if count < _PRUNED_AT_ONCE or (stop is not None and stop.wait(_PAUSE)):
             return removed
+        if stop is None:
+            time.sleep(_PAUSE)
