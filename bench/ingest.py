@@ -105,7 +105,8 @@ PARTS = {"MainThread": "event loop (SMTP)", "ingest": "parsing and files",
 
 def cpu_seconds(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) of each part of a process, by its threads' names, and
-    of its living child processes ("children"), from /proc (Linux); empty elsewhere."""
+    of its living child processes ("children"), from /proc (Linux); empty elsewhere.
+    Only living threads count: serve's pools keep theirs for as long as it runs."""
     tick = os.sysconf("SC_CLK_TCK")
 
     def own(stat: Path) -> float:
@@ -217,10 +218,12 @@ def main() -> None:
                 # end (py-spy then writes its file) and the one whose CPU is counted.
                 # Without pausing serve at each sample; a thread waiting for the GIL
                 # shows where it waits.
+                # Its complaints are shown: attaching to a process not its child needs
+                # root or CAP_SYS_PTRACE where kernel.yama.ptrace_scope is 1.
                 profiler = subprocess.Popen(
                     ["py-spy", "record", "--pid", str(serve.pid), "--nonblocking",
                      "--format", "raw", "-r", "250", "-o", args.profile],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    stdout=subprocess.DEVNULL)
             from sqlalchemy import text
 
             from ticketing.db import make_engine
@@ -263,7 +266,11 @@ def main() -> None:
                 process.terminate()
                 process.wait(10)
             if profiler is not None:  # it writes its file once serve has stopped
-                profiler.wait(60)
+                try:
+                    profiler.wait(60)
+                except subprocess.TimeoutExpired:
+                    profiler.kill()
+                    print("py-spy did not finish writing its samples in 60 s")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from tests.servers import free_port
 from tests.test_threads import envelope_to, reply_to
 from ticketing.clock import FixedClock
 from ticketing.desk import Desk
+from ticketing.notifications import QUOTE_CHARACTERS, excerpt
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -88,3 +89,17 @@ def test_what_the_customer_and_the_agents_read(desks: Callable[..., Desk], relay
     assert "alice@example.com wrote (internal note: agents only):" in bob_reads
     assert "> She is on the old exporter." in bob_reads
     assert "old exporter" not in dave_reads
+
+
+def test_a_quote_keeps_the_start_of_a_long_pasted_line_and_counts_what_it_leaves() -> None:
+    # A greeting, then a log pasted as one line of 7,000 characters, then a signature
+    # after blank lines: the quote shows the greeting and the start of the log.
+    text = "Hi,\n" + "error " * 1200 + "\n\nCarol\n\n\n"
+    quoted = excerpt(text).splitlines()
+    assert quoted[0] == "Hi,"
+    assert quoted[1].startswith("error error") and quoted[1].endswith(" [...]")
+    assert len("\n".join(quoted[:2])) <= QUOTE_CHARACTERS + len(" [...]")
+    assert quoted[2:] == ["[... 2 more lines, kept with the ticket]"]  # the blank one, Carol
+    short = "Line one.\n\nLine three.\n"
+    assert excerpt(short) == short.rstrip()
+    assert excerpt("") == ""

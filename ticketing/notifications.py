@@ -332,18 +332,18 @@ QUOTE_CHARACTERS = 6000
 
 
 def excerpt(text: str) -> str:
-    """The text's first QUOTE_LINES lines (and no more than QUOTE_CHARACTERS characters),
-    with a last line saying how many lines were left out."""
-    lines = text.splitlines()
+    """The text's first QUOTE_LINES lines, no more than QUOTE_CHARACTERS characters (the
+    line that crosses it cut there), with a last line saying how many lines were left out
+    (blank lines at the end are not counted)."""
+    lines = text.rstrip().splitlines()
     kept: list[str] = []
-    size = 0
+    room = QUOTE_CHARACTERS
     for line in lines[:QUOTE_LINES]:
-        if size + len(line) > QUOTE_CHARACTERS:
-            if not kept:  # one giant line: its start, cut at the limit
-                kept.append(line[:QUOTE_CHARACTERS] + " [...]")
+        if len(line) > room:
+            kept.append(line[:room] + " [...]")
             break
         kept.append(line)
-        size += len(line) + 1
+        room -= len(line) + 1
     left = len(lines) - len(kept)
     if left:
         kept.append(f"[... {left:,} more line{'s' if left != 1 else ''}, kept with the ticket]")
