@@ -7,6 +7,7 @@ import hmac
 import re
 from dataclasses import dataclass
 
+from sqlalchemy import Connection, insert
 from sqlmodel import Session, col, select
 
 from ticketing.addresses import base_address
@@ -21,6 +22,15 @@ REPLY_PREFIX = re.compile(
     re.IGNORECASE,
 )
 _TOKEN = re.compile(r"^(\d{1,12})-([0-9a-f]{16})$")
+
+
+# Built once: each new ticket writes one for its request and one for each mail it sends.
+_INSERT_THREAD_REF = insert(ThreadRef.__table__)  # type: ignore[attr-defined]
+
+
+def remember_thread(connection: Connection, message_id: str, ticket_id: int) -> None:
+    """A mail with this Message-ID belongs to this ticket: an answer naming it joins it."""
+    connection.execute(_INSERT_THREAD_REF, {"message_id": message_id, "ticket_id": ticket_id})
 
 
 def subject_tag(number: int) -> str:

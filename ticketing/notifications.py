@@ -14,10 +14,16 @@ from sqlmodel import Session, col, select
 
 from ticketing.addresses import Address, is_machine_address
 from ticketing.compose import FileToSend, OutgoingMail, Templates, compose
-from ticketing.conversation import is_ours, is_postmaster, reply_address, subject_tag
+from ticketing.conversation import (
+    is_ours,
+    is_postmaster,
+    remember_thread,
+    reply_address,
+    subject_tag,
+)
 from ticketing.incidents import open_incident_titles
 from ticketing.mailkind import MailKind
-from ticketing.models import Attachment, Message, Outbox, Page, ThreadRef, Ticket
+from ticketing.models import Attachment, Message, Outbox, Page, Ticket
 from ticketing.oncall import next_opening
 from ticketing.participants import active_participants, agent_addresses
 from ticketing.phrases import (
@@ -44,13 +50,11 @@ _NAMED = 200  # copied addresses over the ceiling named in the agents' notice; a
 
 
 _OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
-_THREAD_REF = ThreadRef.__table__  # type: ignore[attr-defined]
 # Prebuilt statements: the row is written once and read by nobody in this transaction
 # but by its id, so no ORM object is made for it.
 _INSERT_OUTBOX = insert(_OUTBOX).returning(_OUTBOX.c.id)
 _SET_RETURN_PATH = (update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))
                     .values(mail_from=bindparam("return_path")))
-_INSERT_THREAD_REF = insert(_THREAD_REF)
 _ATTACHMENT = Attachment.__table__  # type: ignore[attr-defined]
 # Attachment rows are written by plain inserts, never left to a flush: no flush first.
 _ATTACHMENTS_OF = (sa_select(_ATTACHMENT.c.filename, _ATTACHMENT.c.content_type,
@@ -81,8 +85,7 @@ def enqueue(
     connection.execute(_SET_RETURN_PATH,
                        {"row_id": number, "return_path": bounce_address(number, settings)})
     if ticket is not None and ticket.id is not None:
-        connection.execute(_INSERT_THREAD_REF,
-                           {"message_id": mail.message_id, "ticket_id": ticket.id})
+        remember_thread(connection, mail.message_id, ticket.id)
         known = state_of(session).sent.get(ticket.id)
         if known is not None:  # keep this transaction's view of who holds what current
             known[1].append((mail.message_id, set(mail.recipients)))

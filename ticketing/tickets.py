@@ -15,7 +15,7 @@ from ticketing import bounces, notifications, oncall, subscriptions
 from ticketing.addresses import Address
 from ticketing.audit import Actor, record_changes, route_of
 from ticketing.commands import Commands, split_commands, wants_unfollow, without_unfollow
-from ticketing.conversation import clean_subject, find_ticket, is_ours
+from ticketing.conversation import clean_subject, find_ticket, is_ours, remember_thread
 from ticketing.destination import FromOutside, Held, NewTicket, Reply, Unsubscribe
 from ticketing.inbound import Inbound, Outcome, Status
 from ticketing.incidents import attach
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 _INSERT_ATTACHMENT = insert(Attachment.__table__)  # type: ignore[attr-defined]
 _THREAD_REF = ThreadRef.__table__  # type: ignore[attr-defined]
 # Thread references are only ever written by plain statements: read them the same way.
-_INSERT_THREAD_REF = insert(_THREAD_REF)
 _THREAD_OF = sa_select(_THREAD_REF.c.ticket_id).where(
     _THREAD_REF.c.message_id == bindparam("message_id"))
 _FORGET_THREAD_REF = delete(_THREAD_REF).where(
@@ -103,8 +102,7 @@ def _save(session: Session, message: Message, files: list[StoredFile], ticket: T
         known = connection.execute(_THREAD_OF, {"message_id": message.message_id}).scalar()
         if known is None:
             assert ticket.id is not None
-            connection.execute(_INSERT_THREAD_REF,
-                               {"message_id": message.message_id, "ticket_id": ticket.id})
+            remember_thread(connection, message.message_id, ticket.id)
         elif known != ticket.id:
             # Two different mails (not copies of one) with one Message-ID, on two tickets:
             # one of them is forged, and an answer naming it must join neither.
