@@ -3,8 +3,9 @@
     .venv/bin/python bench/ingest.py [--messages 2000] [--connections 4] [--offered 100]
 
 Starts `mailgate serve` (SQLite, WAL, synchronous=FULL, or --database URL; each new
-request's confirmation and the agents' notice sent to a relay sink by the same serve)
-and the floor server (bench/floor_server.py) on loopback, sends the same small requests
+request's confirmation and the agents' notice sent by the same serve to a relay sink,
+which offers PIPELINING as most relays do) and the floor server
+(bench/floor_server.py) on loopback, sends the same small requests
 to each over K smtplib connections, and prints, in one run: the floor's rate; mailgate's
 accepted rate (mails/s to the last 250) and end-to-end rate (mails/s until every
 confirmation and notice they caused has reached the relay), each also as a ratio of the
@@ -151,6 +152,9 @@ def start_relay_sink(port: int) -> subprocess.Popen[bytes]:
         "import asyncio,sys\n"
         "from aiosmtpd.smtp import SMTP\n"
         "class H:\n"
+        "    async def handle_EHLO(self, s, session, env, host, responses):\n"
+        "        session.host_name = host\n"
+        "        return responses[:-1] + ['250-PIPELINING'] + responses[-1:]\n"
         "    async def handle_DATA(self, s, e, env): return '250 OK'\n"
         "async def main():\n"
         "    loop = asyncio.get_running_loop()\n"

@@ -159,6 +159,8 @@ class RelayTransport:
             client.starttls(context=ssl.create_default_context())
         if self.settings.username:
             client.login(self.settings.username, self.settings.password)
+        # What the relay offers (SMTPUTF8, PIPELINING) is known before the first mail.
+        client.ehlo_or_helo_if_needed()
         return client
 
     def send(self, row: Outbox) -> Sent:
@@ -190,7 +192,7 @@ class RelayTransport:
                     raise PermanentFailure(
                         f"{self.name} does not offer SMTPUTF8 for a non-ASCII address")
                 options.append("SMTPUTF8")
-            refused = client.sendmail(row.mail_from, recipients, raw, mail_options=options)
+            refused = _sendmail(client, row.mail_from, recipients, raw, options)
         except smtplib.SMTPRecipientsRefused as exc:
             answers = {r: (code, _text(message)) for r, (code, message) in exc.recipients.items()}
             code, text = next(iter(answers.values()))
@@ -235,6 +237,68 @@ class RelayTransport:
 
     def _refused(self, answer: str) -> RelayRefused:
         return RelayRefused(f"{self.name} refused the mail: {answer}")
+
+
+def _sendmail(client: smtplib.SMTP, mail_from: str, recipients: list[str], raw: bytes,
+              options: list[str]) -> dict[str, tuple[int, bytes]]:
+    """smtplib's sendmail, with the same answers raising the same exceptions; where the
+    relay offers PIPELINING (RFC 2920), MAIL, every RCPT and DATA go in one write and
+    their answers are read after: one round trip for the envelope, not one a command."""
+    if not client.has_extn("pipelining"):
+        return client.sendmail(mail_from, recipients, raw, mail_options=options)
+    options = [*([f"size={len(raw)}"] if client.has_extn("size") else []), *options]
+    if any(option.upper() == "SMTPUTF8" for option in options):
+        client.command_encoding = "utf-8"
+    envelope = [f"mail FROM:{smtplib.quoteaddr(mail_from)}{''.join(' ' + o for o in options)}",
+                *(f"rcpt TO:{smtplib.quoteaddr(r)}" for r in recipients), "data"]
+    client.send("".join(line + "\r\n" for line in envelope))
+    code, answer = client.getreply()
+    if code == 421:
+        client.close()
+        raise smtplib.SMTPSenderRefused(code, answer, mail_from)
+    sender_refused = None if code == 250 else (code, answer)
+    refused: dict[str, tuple[int, bytes]] = {}
+    for recipient in recipients:
+        code, answer = client.getreply()
+        if code not in (250, 251):
+            refused[recipient] = (code, answer)
+        if code == 421:
+            client.close()
+            raise smtplib.SMTPRecipientsRefused(refused)
+    code, answer = client.getreply()  # to DATA
+    if code == 354 and (sender_refused or len(refused) == len(recipients)):
+        # A relay that takes DATA with no one to deliver to: ending the mail here would
+        # send an empty one. Hang up instead: nothing of this mail is taken.
+        client.close()
+        code, answer = 421, b"DATA taken with no valid recipient"
+    if sender_refused or len(refused) == len(recipients):
+        if code != 421:
+            _reset(client)
+        if sender_refused:
+            raise smtplib.SMTPSenderRefused(*sender_refused, mail_from)
+        raise smtplib.SMTPRecipientsRefused(refused)
+    if code == 354:
+        body = _DOT_LINE.sub(b"..", raw)
+        client.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        code, answer = client.getreply()
+    if code != 250:
+        if code == 421:
+            client.close()
+        else:
+            _reset(client)
+        raise smtplib.SMTPDataError(code, answer)
+    return refused
+
+
+def _reset(client: smtplib.SMTP) -> None:
+    """RSET after a refused mail; a relay gone meanwhile is found by the next mail."""
+    try:
+        client.rset()
+    except smtplib.SMTPServerDisconnected:
+        pass
+
+
+_DOT_LINE = re.compile(rb"(?m)^\.")
 
 
 def _readable(client: smtplib.SMTP) -> bool:

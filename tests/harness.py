@@ -84,10 +84,11 @@ class Received:
 
 
 class _Sink:
-    def __init__(self, mails_per_connection: int = 0) -> None:
+    def __init__(self, mails_per_connection: int = 0, pipelining: bool = False) -> None:
         self.received: list[Received] = []
         self.changed = threading.Condition()
         self.mails_per_connection = mails_per_connection
+        self.pipelining = pipelining
         self._connections: list[Any] = []  # aiosmtpd's session object of each connection
         self._taken: dict[int, int] = {}  # mails taken on each connection
 
@@ -97,6 +98,13 @@ class _Sink:
                 return number
         self._connections.append(session)
         return len(self._connections)
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")  # as most relays offer (RFC 2920)
+        return responses
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
                           mail_options: list[str]) -> str:
@@ -199,9 +207,9 @@ class _RelayController(Controller):
 class Relay:
     """An aiosmtpd server on loopback standing in for the company's relay: it keeps every mail."""
 
-    def __init__(self, mails_per_connection: int = 0) -> None:
+    def __init__(self, mails_per_connection: int = 0, pipelining: bool = False) -> None:
         self.port = free_port()
-        self._sink = _Sink(mails_per_connection)
+        self._sink = _Sink(mails_per_connection, pipelining)
         self._controller = _RelayController(self._sink, hostname="127.0.0.1", port=self.port,
                                             decode_data=False)
 

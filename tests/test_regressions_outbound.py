@@ -74,13 +74,32 @@ def test_threads_storing_the_same_bytes_at_once_leave_the_whole_file(tmp_path: P
 class Answering:
     """A relay on loopback that answers each recipient as told and keeps what it accepts."""
 
-    def __init__(self, answers: dict[str, str] | None = None) -> None:
+    def __init__(self, answers: dict[str, str] | None = None, *, pipelining: bool = False,
+                 smtputf8: bool = False) -> None:
         self.answers = dict(answers or {})
         self.attempts: list[str] = []
         self.accepted: list[tuple[str, ...]] = []
+        self.pipelining = pipelining
+        # For each MAIL: whether the client had sent its RCPT commands already, before
+        # this answer (which it can only do when it pipelines).
+        self.envelope_ahead: list[bool] = []
         self.port = free_port()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port,
-                                      decode_data=False)
+                                      decode_data=False, enable_SMTPUTF8=smtputf8)
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")  # RFC 2920
+        return responses
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          mail_options: list[str]) -> str:
+        waiting = bytes(getattr(server._reader, "_buffer", b""))  # read, not yet answered
+        self.envelope_ahead.append(b"RCPT TO:" in waiting.upper())
+        envelope.mail_from = address
+        return "250 OK"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
@@ -253,10 +272,12 @@ def test_operator_retry_leaves_a_mail_another_worker_holds(
     assert retry_now(first, row.id) == 1
 
 
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
 def test_relay_refusing_the_recipient_for_good_fails_the_mail_and_marks_the_address(
-    desks: Callable[..., Desk], clock: FixedClock
+    desks: Callable[..., Desk], clock: FixedClock, pipelining: bool
 ) -> None:
-    with Answering({GONE: "550 5.1.1 <gone@customer.test>: no such user"}) as answering:
+    with Answering({GONE: "550 5.1.1 <gone@customer.test>: no such user"},
+                   pipelining=pipelining) as answering:
         desk = desks(clock=clock, outbound={"relay": answering.address})
         _requests(desk, [GONE])
         assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0
@@ -274,10 +295,11 @@ def test_relay_refusing_the_recipient_for_good_fails_the_mail_and_marks_the_addr
         assert len(_outbox(desk)) == 1
 
 
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
 def test_relay_answering_451_keeps_the_mail_for_a_later_attempt(
-    desks: Callable[..., Desk], clock: FixedClock
+    desks: Callable[..., Desk], clock: FixedClock, pipelining: bool
 ) -> None:
-    with Answering({GONE: "451 4.3.0 try again later"}) as answering:
+    with Answering({GONE: "451 4.3.0 try again later"}, pipelining=pipelining) as answering:
         desk = desks(clock=clock, outbound={"relay": answering.address})
         _requests(desk, [GONE])
         [before] = _outbox(desk)
@@ -302,6 +324,52 @@ def test_relay_answering_451_keeps_the_mail_for_a_later_attempt(
         [row] = _outbox(desk)
         assert (row.status, row.attempts) == ("sent", 2)
         assert json.loads(row.recipients) == [GONE]
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
+def test_a_relay_offering_pipelining_gets_each_envelope_in_one_write(
+    desks: Callable[..., Desk], clock: FixedClock, pipelining: bool
+) -> None:
+    copied = "dave@customer.test, gone@customer.test, erin@customer.test"
+    with Answering({GONE: "550 5.1.1 <gone@customer.test>: no such user"},
+                   pipelining=pipelining) as answering:
+        desk = desks(clock=clock, outbound={"relay": answering.address})
+        raw = request("Exports are slow", "Exports take ten minutes.",
+                      sender="carol@customer.test", cc=copied).as_bytes()
+        ingest(desk, Inbound(raw, "smtp", "carol@customer.test", ("support@example.com",)))
+        assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 1
+    # RFC 2920: the RCPTs were sent before MAIL was answered only when it is offered.
+    assert answering.envelope_ahead == [pipelining]
+    # The one unknown reader is refused and marked; the others get the mail.
+    assert answering.accepted == [
+        ("carol@customer.test", "dave@customer.test", "erin@customer.test")]
+    [row] = _outbox(desk)
+    assert row.status == "sent" and "gone@customer.test" in row.last_error
+    with transaction(desk.engine) as session:
+        account = session.exec(select(Account).where(Account.address == GONE)).one()
+    assert account.bouncing_since is not None
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
+def test_an_internationalised_address_goes_to_a_relay_that_offers_smtputf8(
+    desks: Callable[..., Desk], clock: FixedClock, pipelining: bool
+) -> None:
+    joerg = "jörg@exämple.de"
+    with Answering(smtputf8=True, pipelining=pipelining) as answering:
+        desk = desks(clock=clock, outbound={"relay": answering.address})
+        _requests(desk, [f"Jörg <{joerg}>"])
+        # The first mail on a new connection: what the relay offers is known by then.
+        assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 1
+        assert answering.accepted == [(joerg,)]
+    # A relay that does not offer it: the mail fails at once, saying why.
+    clock.advance(hours=2)
+    with Answering(pipelining=pipelining) as plain:
+        other = desks(clock=clock, outbound={"relay": plain.address})
+        _requests(other, [f"Jörg <{joerg}>"])
+        assert send_due(other, RelayTransport(other.settings.outbound), "machine-a") == 0
+        row = _outbox(other)[-1]
+        assert row.status == "failed" and "does not offer SMTPUTF8" in row.last_error
+        assert plain.accepted == []
 
 
 # 3. The commits serve's workers are woken by.

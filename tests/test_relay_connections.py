@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.harness import Relay, request, send, serving
 from tests.servers import PROJECT, free_port
 from ticketing.desk import Desk
@@ -36,10 +38,11 @@ def test_mail_that_keeps_coming_goes_over_one_relay_connection(
     assert {r.connection for r in received} == {1}
 
 
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
 def test_a_relay_that_hangs_up_after_two_mails_gets_every_mail_once_at_once(
-    desks: Callable[..., Desk]
+    desks: Callable[..., Desk], pipelining: bool
 ) -> None:
-    with Relay(mails_per_connection=2) as relay:
+    with Relay(mails_per_connection=2, pipelining=pipelining) as relay:
         desk = desks(smtp={"port": free_port()}, outbound={"relay": relay.address})
         for n in range(5):
             raw = request(f"Request {n}", "Please.", sender=f"c{n}@customer.test").as_bytes()

@@ -33,8 +33,8 @@ DAVE = "dave@customer.test"
 class Refusing(Answering):
     """A relay that refuses every mail at one step, as a relay with a broken login does."""
 
-    def __init__(self, step: str, answer: str) -> None:
-        super().__init__()
+    def __init__(self, step: str, answer: str, pipelining: bool = False) -> None:
+        super().__init__(pipelining=pipelining)
         self.step, self.answer = step, answer
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
@@ -82,11 +82,13 @@ def _bouncing(desk: Desk) -> list[str]:
     ("MAIL", "553 5.7.1 Sender address rejected: not owned by user"),
     ("DATA", "554 5.7.1 Message refused by policy"),
 ], ids=["rcpt-5.7.1", "rcpt-bare-550", "mail-from", "data"])
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
 def test_a_relay_refusing_all_our_mail_marks_nobody_and_sends_it_once_fixed(
-    desks: Callable[..., Desk], step: str, answer: str, caplog: pytest.LogCaptureFixture
+    desks: Callable[..., Desk], step: str, answer: str, pipelining: bool,
+    caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FixedClock(datetime(2026, 3, 3, 18, 0, tzinfo=UTC))
-    with Refusing(step, answer) as relay:
+    with Refusing(step, answer, pipelining) as relay:
         desk = desks(clock=clock, outbound={"relay": relay.address},
                      agents={"addresses": [ALICE]})
         _open_tickets(desk)
