@@ -251,12 +251,18 @@ def _sendmail(client: smtplib.SMTP, mail_from: str, recipients: list[str], raw: 
         client.command_encoding = "utf-8"
     envelope = [f"mail FROM:{smtplib.quoteaddr(mail_from)}{''.join(' ' + o for o in options)}",
                 *(f"rcpt TO:{smtplib.quoteaddr(r)}" for r in recipients), "data"]
+    if any("\r" in line or "\n" in line for line in envelope):
+        raise ValueError("a command to the relay may not hold CR or LF")  # as smtplib's
     client.send("".join(line + "\r\n" for line in envelope))
     code, answer = client.getreply()
-    if code == 421:
-        client.close()
+    if code != 250:
+        # The rest of the group was refused for want of a sender (or the relay hung up
+        # on it, or took DATA anyway: then only hanging up ends the mail unsent).
+        if code == 421 or not _rest_refused(client, len(recipients) + 1):
+            client.close()
+        else:
+            _reset(client)
         raise smtplib.SMTPSenderRefused(code, answer, mail_from)
-    sender_refused = None if code == 250 else (code, answer)
     refused: dict[str, tuple[int, bytes]] = {}
     for recipient in recipients:
         code, answer = client.getreply()
@@ -265,22 +271,24 @@ def _sendmail(client: smtplib.SMTP, mail_from: str, recipients: list[str], raw: 
         if code == 421:
             client.close()
             raise smtplib.SMTPRecipientsRefused(refused)
-    code, answer = client.getreply()  # to DATA
-    if code == 354 and (sender_refused or len(refused) == len(recipients)):
-        # A relay that takes DATA with no one to deliver to: ending the mail here would
-        # send an empty one. Hang up instead: nothing of this mail is taken.
-        client.close()
-        code, answer = 421, b"DATA taken with no valid recipient"
-    if sender_refused or len(refused) == len(recipients):
-        if code != 421:
+    nobody = len(refused) == len(recipients)
+    try:
+        code, answer = client.getreply()  # to DATA
+    except smtplib.SMTPServerDisconnected:
+        if nobody:  # every reader refused, and the relay hung up after saying so
+            raise smtplib.SMTPRecipientsRefused(refused) from None
+        raise
+    if nobody or code != 354:
+        if code in (354, 421):  # DATA taken with no one to deliver to, or closing
+            client.close()
+        else:
             _reset(client)
-        if sender_refused:
-            raise smtplib.SMTPSenderRefused(*sender_refused, mail_from)
-        raise smtplib.SMTPRecipientsRefused(refused)
-    if code == 354:
-        body = _DOT_LINE.sub(b"..", raw)
-        client.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
-        code, answer = client.getreply()
+        if nobody:
+            raise smtplib.SMTPRecipientsRefused(refused)
+        raise smtplib.SMTPDataError(code, answer)
+    body = _DOT_LINE.sub(b"..", raw)
+    client.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+    code, answer = client.getreply()
     if code != 250:
         if code == 421:
             client.close()
@@ -290,15 +298,24 @@ def _sendmail(client: smtplib.SMTP, mail_from: str, recipients: list[str], raw: 
     return refused
 
 
+def _rest_refused(client: smtplib.SMTP, count: int) -> bool:
+    """Read the answers to the rest of a pipelined group whose MAIL was refused: True
+    when each is a refusal and the connection stays usable."""
+    try:
+        return all(client.getreply()[0] not in (354, 421) for _ in range(count))
+    except smtplib.SMTPServerDisconnected:
+        return False
+
+
+_DOT_LINE = re.compile(rb"(?m)^\.")
+
+
 def _reset(client: smtplib.SMTP) -> None:
     """RSET after a refused mail; a relay gone meanwhile is found by the next mail."""
     try:
         client.rset()
     except smtplib.SMTPServerDisconnected:
         pass
-
-
-_DOT_LINE = re.compile(rb"(?m)^\.")
 
 
 def _readable(client: smtplib.SMTP) -> bool:

@@ -75,8 +75,9 @@ class Answering:
     """A relay on loopback that answers each recipient as told and keeps what it accepts."""
 
     def __init__(self, answers: dict[str, str] | None = None, *, pipelining: bool = False,
-                 smtputf8: bool = False) -> None:
+                 smtputf8: bool = False, hang_up: bool = False) -> None:
         self.answers = dict(answers or {})
+        self.hang_up = hang_up  # after each refusal, as Exim's "drop" does
         self.attempts: list[str] = []
         self.accepted: list[tuple[str, ...]] = []
         self.pipelining = pipelining
@@ -107,7 +108,15 @@ class Answering:
         answer = self.answers.get(address.lower(), "250 OK")
         if answer.startswith("250"):
             envelope.rcpt_tos.append(address)
+        elif self.hang_up:
+            self.hang_up_on(server, answer)
         return answer
+
+    def hang_up_on(self, server: Any, answer: str) -> None:
+        """Give this answer and close the connection at once: commands the client sent
+        after it (pipelined) get no answer."""
+        server.transport.write(answer.encode() + b"\r\n")
+        server.transport.close()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.accepted.append(tuple(envelope.rcpt_tos))
@@ -272,12 +281,13 @@ def test_operator_retry_leaves_a_mail_another_worker_holds(
     assert retry_now(first, row.id) == 1
 
 
+@pytest.mark.parametrize("hang_up", [False, True], ids=["", "hanging-up"])
 @pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
 def test_relay_refusing_the_recipient_for_good_fails_the_mail_and_marks_the_address(
-    desks: Callable[..., Desk], clock: FixedClock, pipelining: bool
+    desks: Callable[..., Desk], clock: FixedClock, pipelining: bool, hang_up: bool
 ) -> None:
     with Answering({GONE: "550 5.1.1 <gone@customer.test>: no such user"},
-                   pipelining=pipelining) as answering:
+                   pipelining=pipelining, hang_up=hang_up) as answering:
         desk = desks(clock=clock, outbound={"relay": answering.address})
         _requests(desk, [GONE])
         assert send_due(desk, RelayTransport(desk.settings.outbound), "machine-a") == 0

@@ -33,13 +33,16 @@ DAVE = "dave@customer.test"
 class Refusing(Answering):
     """A relay that refuses every mail at one step, as a relay with a broken login does."""
 
-    def __init__(self, step: str, answer: str, pipelining: bool = False) -> None:
-        super().__init__(pipelining=pipelining)
+    def __init__(self, step: str, answer: str, pipelining: bool = False,
+                 hang_up: bool = False) -> None:
+        super().__init__(pipelining=pipelining, hang_up=hang_up)
         self.step, self.answer = step, answer
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
                           mail_options: list[str]) -> str:
         if self.step == "MAIL":
+            if self.hang_up:
+                self.hang_up_on(server, self.answer)
             return self.answer
         envelope.mail_from = address
         return "250 OK"
@@ -76,19 +79,20 @@ def _bouncing(desk: Desk) -> list[str]:
             col(Account.bouncing_since).is_not(None))).all())
 
 
-@pytest.mark.parametrize(("step", "answer"), [
-    ("RCPT", "554 5.7.1 <{}>: Relay access denied"),
-    ("RCPT", "550 Relaying denied"),  # no enhanced status code
-    ("MAIL", "553 5.7.1 Sender address rejected: not owned by user"),
-    ("DATA", "554 5.7.1 Message refused by policy"),
-], ids=["rcpt-5.7.1", "rcpt-bare-550", "mail-from", "data"])
+@pytest.mark.parametrize(("step", "answer", "hang_up"), [
+    ("RCPT", "554 5.7.1 <{}>: Relay access denied", False),
+    ("RCPT", "550 Relaying denied", False),  # no enhanced status code
+    ("MAIL", "553 5.7.1 Sender address rejected: not owned by user", False),
+    ("MAIL", "553 5.7.1 Sender address rejected: not owned by user", True),
+    ("DATA", "554 5.7.1 Message refused by policy", False),
+], ids=["rcpt-5.7.1", "rcpt-bare-550", "mail-from", "mail-from-hanging-up", "data"])
 @pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
 def test_a_relay_refusing_all_our_mail_marks_nobody_and_sends_it_once_fixed(
-    desks: Callable[..., Desk], step: str, answer: str, pipelining: bool,
+    desks: Callable[..., Desk], step: str, answer: str, hang_up: bool, pipelining: bool,
     caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FixedClock(datetime(2026, 3, 3, 18, 0, tzinfo=UTC))
-    with Refusing(step, answer, pipelining) as relay:
+    with Refusing(step, answer, pipelining, hang_up) as relay:
         desk = desks(clock=clock, outbound={"relay": relay.address},
                      agents={"addresses": [ALICE]})
         _open_tickets(desk)
