@@ -258,10 +258,7 @@ def _sendmail(client: smtplib.SMTP, mail_from: str, recipients: list[str], raw: 
     if code != 250:
         # The rest of the group was refused for want of a sender (or the relay hung up
         # on it, or took DATA anyway: then only hanging up ends the mail unsent).
-        if code == 421 or not _rest_refused(client, len(recipients) + 1):
-            client.close()
-        else:
-            _reset(client)
+        _end_mail(client, code == 421 or not _rest_refused(client, len(recipients) + 1))
         raise smtplib.SMTPSenderRefused(code, answer, mail_from)
     refused: dict[str, tuple[int, bytes]] = {}
     for recipient in recipients:
@@ -279,10 +276,8 @@ def _sendmail(client: smtplib.SMTP, mail_from: str, recipients: list[str], raw: 
             raise smtplib.SMTPRecipientsRefused(refused) from None
         raise
     if nobody or code != 354:
-        if code in (354, 421):  # DATA taken with no one to deliver to, or closing
-            client.close()
-        else:
-            _reset(client)
+        # DATA taken with no one to deliver to: only hanging up ends it unsent.
+        _end_mail(client, code in (354, 421))
         if nobody:
             raise smtplib.SMTPRecipientsRefused(refused)
         raise smtplib.SMTPDataError(code, answer)
@@ -290,10 +285,7 @@ def _sendmail(client: smtplib.SMTP, mail_from: str, recipients: list[str], raw: 
     client.send(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
     code, answer = client.getreply()
     if code != 250:
-        if code == 421:
-            client.close()
-        else:
-            _reset(client)
+        _end_mail(client, code == 421)
         raise smtplib.SMTPDataError(code, answer)
     return refused
 
@@ -310,8 +302,13 @@ def _rest_refused(client: smtplib.SMTP, count: int) -> bool:
 _DOT_LINE = re.compile(rb"(?m)^\.")
 
 
-def _reset(client: smtplib.SMTP) -> None:
-    """RSET after a refused mail; a relay gone meanwhile is found by the next mail."""
+def _end_mail(client: smtplib.SMTP, hang_up: bool) -> None:
+    """After a refused mail: close the connection (the relay is closing it, or it cannot
+    be left ready for the next mail), or RSET it; a relay gone meanwhile is found by the
+    next mail."""
+    if hang_up:
+        client.close()
+        return
     try:
         client.rset()
     except smtplib.SMTPServerDisconnected:
