@@ -200,6 +200,7 @@ def confirm_new_ticket(
             record_auto_reply(session, person.address, ticket.id, MailKind.CONFIRMATION, now)
             copied.append(person)
     severity = Severity(ticket.severity)
+    shown = excerpt(request.text)
     context = _common(desk, ticket) | {
         "requester": requester,
         "requester_name": ticket.requester_name,
@@ -211,8 +212,8 @@ def confirm_new_ticket(
         "next_opening": next_opening,
         "business_hours": business_hours(desk.settings.hours),
         "response_target": response_target(desk.settings, severity),
-        "request": excerpt(request.text),
-        "quoted": _quoted(request.text),
+        "request": shown,
+        "quoted": _quoted(shown),
         "levels": [{"label": level.label, "word": level.word, "meaning": level.meaning}
                    for level in Severity if level < severity],
         # Open incidents on the status page: the customer may be reporting one of them.
@@ -316,16 +317,17 @@ def _history(session: Session, ticket: Ticket, before: Message, notes: bool) -> 
         .order_by(col(Message.id).desc())
         .limit(_HISTORY)
     ).all()
-    return [
-        {
+    history = []
+    for m in rows:
+        shown = excerpt(m.text)
+        history.append({
             "date": m.created_at.strftime("%a, %d %b %Y %H:%M UTC"),
             "author": m.from_name or m.from_address,
             "note": m.kind == "note",
-            "text": excerpt(m.text),
-            "quoted": _quoted(m.text),
-        }
-        for m in rows
-    ]
+            "text": shown,
+            "quoted": _quoted(shown),
+        })
+    return history
 
 
 # What a mail quotes of an earlier one: its reader wrote it or has it, and the ticket keeps
@@ -353,8 +355,9 @@ def excerpt(text: str) -> str:
     return "\n".join(kept)
 
 
-def _quoted(text: str) -> str:
-    return "\n".join("> " + line if line else ">" for line in excerpt(text).splitlines())
+def _quoted(shown: str) -> str:
+    """The excerpt as a plain-text mail quotes it."""
+    return "\n".join("> " + line if line else ">" for line in shown.splitlines())
 
 
 def fan_out(
