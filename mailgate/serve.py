@@ -107,28 +107,24 @@ HOUSEKEEPING_EVERY = 3600.0
 async def housekeeping(desk: Desk, stop: asyncio.Event) -> None:
     """At start and every HOUSEKEEPING_EVERY seconds: delete the automatic-mail counts no
     rate limit reads any more (each serve does; the deletes are the same)."""
+    loop = asyncio.get_running_loop()
     stopping = threading.Event()  # a pass under way ends between two of its batches
     stop_told = asyncio.ensure_future(stop.wait())
     stop_told.add_done_callback(lambda _: stopping.set())
     try:
-        await _housekeeping(desk, stop, stopping)
+        while not stop.is_set():
+            try:
+                removed = await loop.run_in_executor(
+                    None, prune_auto_replies, desk.engine, desk.clock.now(), stopping)
+                if removed:
+                    log.info("deleted %d automatic-mail count(s) older than %s", removed, KEPT)
+            except StorageError as exc:
+                log.warning("housekeeping: the database is unavailable (%s); next time", exc)
+            except Exception:
+                log.exception("housekeeping: a pass failed")
+            await first_of(stop, timeout=HOUSEKEEPING_EVERY)
     finally:
         stop_told.cancel()
-
-
-async def _housekeeping(desk: Desk, stop: asyncio.Event, stopping: threading.Event) -> None:
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        try:
-            removed = await loop.run_in_executor(
-                None, prune_auto_replies, desk.engine, desk.clock.now(), stopping)
-            if removed:
-                log.info("deleted %d automatic-mail count(s) older than %s", removed, KEPT)
-        except StorageError as exc:
-            log.warning("housekeeping: the database is unavailable (%s); next time", exc)
-        except Exception:
-            log.exception("housekeeping: a pass failed")
-        await first_of(stop, timeout=HOUSEKEEPING_EVERY)
 
 
 class AcceptFaults:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 
@@ -177,12 +176,11 @@ def clear_bouncing(session: Session, address: str) -> bool:
 def prune_auto_replies(engine: Engine, now: datetime, stop: threading.Event | None = None) -> int:
     """Delete the counted mails older than KEPT; returns how many. Ends early, between
     two batches, once `stop` is set."""
+    stop = stop or threading.Event()
     removed = 0
     while True:
         with transaction(engine, durable=False) as session:
             count = session.connection().execute(_PRUNE, {"before": now - KEPT}).rowcount
         removed += count
-        if count < _PRUNED_AT_ONCE or (stop is not None and stop.wait(_PAUSE)):
+        if count < _PRUNED_AT_ONCE or stop.wait(_PAUSE):
             return removed
-        if stop is None:
-            time.sleep(_PAUSE)
