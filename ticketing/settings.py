@@ -331,6 +331,11 @@ def _placeholder(annotation: Any) -> Any:
     return () if "tuple" in str(annotation) else ""
 
 
+def _at_least(key: str, seconds: float, least: float) -> None:
+    if seconds < least:
+        raise ConfigError(f"{key}: at least {least} seconds, got {seconds}")
+
+
 def _check_address(key: str, value: str) -> None:
     local, _, domain = value.rpartition("@")
     if not local or not domain or any(c.isspace() for c in value):
@@ -396,11 +401,9 @@ def settings_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> 
         host, _, port = outbound.relay.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"outbound.relay: expected host:port, got {outbound.relay!r}")
-    if outbound.lease < OUTBOX_LEASE_MIN:
-        # A mail is held only this long while it is sent: with less, a second worker would
-        # take a mail the first is still handing to the relay, and it would go out twice.
-        raise ConfigError(
-            f"outbound.lease: at least {OUTBOX_LEASE_MIN} seconds, got {outbound.lease}")
+    # A mail is held only this long while it is sent: with less, a second worker would
+    # take a mail the first is still handing to the relay, and it would go out twice.
+    _at_least("outbound.lease", outbound.lease, OUTBOX_LEASE_MIN)
 
     database = data.get("database", {})
     if database:
@@ -474,10 +477,9 @@ def _oncall(table: Any) -> OncallSettings:
     for level in oncall.page_on:
         if level not in ("S0", "S1", "S2", "S3"):
             raise ConfigError(f"oncall.page_on: unknown severity {level!r}")
-    if oncall.lease < PAGE_LEASE_MIN:
-        # Renewed every third of it: shorter, and a slow renewal would hand the page to
-        # another worker while the hook is still being called.
-        raise ConfigError(f"oncall.lease: at least {PAGE_LEASE_MIN} seconds, got {oncall.lease}")
+    # Renewed every third of it: shorter, and a slow renewal would hand the page to
+    # another worker while the hook is still being called.
+    _at_least("oncall.lease", oncall.lease, PAGE_LEASE_MIN)
     hooks: dict[str, Any] = {}
     if "webhook" in table:
         hooks["webhook"] = _build(WebhookHook, "oncall.webhook", table["webhook"], ("url",))
