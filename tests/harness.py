@@ -83,7 +83,21 @@ class Received:
         return body.get_content() if body is not None else ""  # type: ignore[no-any-return]
 
 
-class _Sink:
+class OffersPipelining:
+    """An aiosmtpd handler whose EHLO offers PIPELINING (RFC 2920), as most relays do,
+    when its `pipelining` is set."""
+
+    pipelining = False
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+
+class _Sink(OffersPipelining):
     def __init__(self, mails_per_connection: int = 0, pipelining: bool = False) -> None:
         self.received: list[Received] = []
         self.changed = threading.Condition()
@@ -98,13 +112,6 @@ class _Sink:
                 return number
         self._connections.append(session)
         return len(self._connections)
-
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
-                          responses: list[str]) -> list[str]:
-        session.host_name = hostname
-        if self.pipelining:
-            responses.insert(-1, "250-PIPELINING")  # as most relays offer (RFC 2920)
-        return responses
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
                           mail_options: list[str]) -> str:

@@ -16,7 +16,7 @@ from aiosmtpd.controller import Controller
 from sqlmodel import col, select
 
 from mailgate.outbound import RelayTransport, Sent, retry_now, send_due
-from tests.harness import Relay, request
+from tests.harness import OffersPipelining, Relay, request
 from tests.servers import free_port
 from ticketing.blobs import FolderBlobs
 from ticketing.clock import FixedClock
@@ -71,7 +71,7 @@ def test_threads_storing_the_same_bytes_at_once_leave_the_whole_file(tmp_path: P
 
 # 2. Outbound workers sharing one database, and what relays answer.
 
-class Answering:
+class Answering(OffersPipelining):
     """A relay on loopback that answers each recipient as told and keeps what it accepts."""
 
     def __init__(self, answers: dict[str, str] | None = None, *, pipelining: bool = False,
@@ -87,13 +87,6 @@ class Answering:
         self.port = free_port()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port,
                                       decode_data=False, enable_SMTPUTF8=smtputf8)
-
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
-                          responses: list[str]) -> list[str]:
-        session.host_name = hostname
-        if self.pipelining:
-            responses.insert(-1, "250-PIPELINING")  # RFC 2920
-        return responses
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
                           mail_options: list[str]) -> str:
