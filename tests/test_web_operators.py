@@ -283,6 +283,11 @@ def test_an_operator_retries_a_page_the_hook_refused(
             olive.click("header >> text=Pages")
             row = olive.locator("table.pages tr", has_text="#1")
             assert "pending" in row.inner_text() and "failed" in row.inner_text()
+            # Each heading stands above its column.
+            heading = olive.locator("table.pages th", has_text="Status").bounding_box()
+            cell = row.locator("td.page-status").bounding_box()
+            assert heading is not None and cell is not None
+            assert abs(heading["x"] - cell["x"]) < 1 and heading["y"] < cell["y"]
             # A worker (another serve) is delivering it right now: it is left to it.
             _hold_page(desk, 1, "machine-b", until=sunday_2am + timedelta(seconds=30))
             row.locator("button:has-text('Retry')").click()
